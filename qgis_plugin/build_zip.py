@@ -1,0 +1,2 @@
+"""Placeholder until the QGIS plugin lands."""
+print("qgis plugin: not yet present")
