@@ -13,8 +13,9 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -170,6 +171,9 @@ class RasterBackend(Protocol):
     def same_crs(self, crs_a: str, crs_b: str) -> bool: ...
 
     def crs_info(self, crs_wkt: str) -> CrsInfo: ...
+
+    def crs_name(self, crs_wkt: str | None) -> str | None:
+        """A short readable name ("EPSG:32633"), None for pixel space."""
 
     def create(self, path: str, spec: RasterSpec) -> RasterSink:
         """Create a tiled, DEFLATE-compressed GeoTIFF for block-wise writing."""

@@ -1,0 +1,102 @@
+"""``swimdiff-geo info PATH``: a model's metadata, or a raster's facts and fit to a model."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from swimdiff_geo.inference.contract import load_model
+
+from .options import handle_errors
+
+
+def _is_onnx(path: str) -> bool:
+    if path.lower().endswith(".onnx"):
+        return True
+    with open(path, "rb") as fh:  # ONNX is protobuf: field 1 (ir_version) varint first
+        return fh.read(1) == b"\x08"
+
+
+def model_info(path: str) -> dict:
+    model = load_model(path, device="cpu")
+    c = model.contract
+    inp, out = model.session.get_inputs()[0], model.session.get_outputs()[0]
+    return {
+        "path": path,
+        "name": c.name,
+        "description": c.description,
+        "model_type": c.model_type,
+        "format_version": c.format_version,
+        "bands": c.bands,
+        "num_dates": c.num_dates,
+        "input": {"name": inp.name, "shape": inp.shape},
+        "output": {"name": out.name, "shape": out.shape},
+        "input_scale": c.input_scale,
+        "standardization_mean": c.standardization_mean,
+        "standardization_std": c.standardization_std,
+        "tile_size": c.tile_size,
+        "tiles_overlap_percent": c.tiles_overlap,
+        "resolution_cm": c.resolution,
+        "threshold": c.threshold,
+        "class_names": c.class_names,
+        "class_colors": c.class_colors,
+        "nodata_policy": c.nodata_policy,
+        **({"extra": c.extra} if c.extra else {}),
+    }
+
+
+def raster_info(path: str, model_path: str | None, bands: list[int] | None) -> dict:
+    from swimdiff_geo.inference.defaults import default_backend
+    from swimdiff_geo.inference.errors import InputError
+    from swimdiff_geo.inference.inputs import select_bands
+
+    backend = default_backend()
+    facts = backend.describe(path)
+    if model_path:
+        model = load_model(model_path, device="cpu")
+        source = backend.open(path)
+        try:
+            chosen = select_bands(source, model.contract, bands)
+            facts["fits_model"] = {
+                "model": model_path,
+                "fits": True,
+                "bands_used": dict(zip(model.contract.bands, chosen, strict=True)),
+            }
+        except InputError as exc:
+            facts["fits_model"] = {"model": model_path, "fits": False, "why": exc.problem}
+        finally:
+            source.close()
+    return facts
+
+
+def _print_readable(facts: dict, indent: int = 0) -> None:
+    pad = "  " * indent
+    for key, value in facts.items():
+        if isinstance(value, dict) and value:
+            click.echo(f"{pad}{key}:")
+            _print_readable(value, indent + 1)
+        else:
+            click.echo(f"{pad}{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+
+
+@click.command("info")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="For a raster: check that it fits this model (band count / names).")
+@click.option("--bands", default=None, help="For --model: explicit band numbers, e.g. 2,3,4,8.",
+              callback=lambda ctx, p, v: __import__(
+                  "swimdiff_geo.cli.options", fromlist=["parse_bands"]).parse_bands(ctx, p, v))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of readable text.")
+@handle_errors
+def info(path: str, model: str | None, bands: list[int] | None, as_json: bool) -> None:
+    """Describe PATH: an ONNX model's metadata, or a raster's size, bands, CRS, resolution and
+    nodata (and, with --model, whether it fits that model)."""
+    facts = model_info(path) if _is_onnx(path) else raster_info(path, model, bands)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    else:
+        _print_readable(facts)
+    fit = facts.get("fits_model")
+    if fit is not None and not fit["fits"]:
+        raise SystemExit(1)

@@ -1,0 +1,132 @@
+"""Options shared by the inference commands, and the error handling they share."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from swimdiff_geo.inference.errors import SwimdiffError
+
+
+def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    """``--bands 2,3,4,8`` -> [2, 3, 4, 8] (1-based raster band indices)."""
+    if value is None:
+        return None
+    try:
+        bands = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter("expected comma-separated band numbers, e.g. 2,3,4,8") from None
+    if not bands or any(b < 1 for b in bands):
+        raise click.BadParameter("band numbers start at 1")
+    return bands
+
+
+model_option = click.option(
+    "--model", "-m", type=click.Path(dir_okay=False), default=None,
+    help="ONNX model (docs/model-format.md). Default: the model bundled for this task.",
+)
+tile_size_option = click.option(
+    "--tile-size", type=click.IntRange(min=8), default=None,
+    help="Window size in pixels. Default: the model's tile_size.",
+)
+overlap_option = click.option(
+    "--overlap", type=click.FloatRange(0, 100, max_open=True), default=None,
+    help="Overlap of neighbouring windows, percent of the tile. Default: the model's tiles_overlap.",
+)
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+    help="Windows per onnxruntime call.",
+)
+min_area_option = click.option(
+    "--min-area", type=click.FloatRange(min=0), default=0.0, show_default=True,
+    help="Smallest polygon kept, in m^2.",
+)
+bands_option = click.option(
+    "--bands", callback=parse_bands, default=None, metavar="I,J,...",
+    help="Raster band numbers (1-based) in the model's band order. Default: by band "
+    "descriptions, else all bands in order.",
+)
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="auto uses CUDA when onnxruntime-gpu and a GPU are present.",
+)
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=0), default=0, show_default=True,
+    help="onnxruntime intra-op threads (0 = one per physical core).",
+)
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace outputs that already exist."
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
+
+
+def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every inference command takes, in help order."""
+    for option in reversed(
+        [model_option, tile_size_option, overlap_option, batch_size_option, min_area_option,
+         bands_option, device_option, threads_option, overwrite_option, quiet_option]
+    ):
+        func = option(func)
+    return func
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Engine errors -> one clear line on stderr and exit code 1 (usage errors stay 2)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SwimdiffError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except ValueError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+class ProgressBar:
+    """A tqdm bar driven by fractions in [0, 1]; silent when ``quiet``."""
+
+    def __init__(self, description: str, quiet: bool) -> None:
+        self._bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=1000, desc=description, unit="‰", file=sys.stderr, leave=False,
+                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+        self._done = 0
+
+    def __call__(self, fraction: float) -> None:
+        if self._bar is not None:
+            step = int(fraction * 1000) - self._done
+            if step > 0:
+                self._bar.update(step)
+                self._done += step
+
+    def write(self, message: str) -> None:
+        """Print a line on stderr without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            click.echo(message, err=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def echo_log(quiet: bool, bar: ProgressBar) -> Callable[[str], None]:
+    """Engine messages: warnings always, info unless ``quiet``."""
+
+    def log(message: str) -> None:
+        if not quiet or message.startswith("warning"):
+            bar.write(message)
+
+    return log

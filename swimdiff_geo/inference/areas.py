@@ -1,0 +1,42 @@
+"""Pixel areas in square metres and connected regions, for any CRS (numpy only).
+
+Projected CRS: every pixel has the same area, ``|det(geotransform)| * unit^2``.
+Geographic CRS: a pixel is a cell between two meridians and two parallels; its area on the
+ellipsoid is exact from the authalic-latitude formula, which is what an equal-area projection
+would give, without choosing one. Pixel space: no area (None).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .io import CrsInfo, Grid
+
+
+def row_pixel_areas_m2(grid: Grid, crs: CrsInfo | None, row_off: int, n_rows: int) -> np.ndarray:
+    """Area of one pixel in each of ``n_rows`` rows from ``row_off``: float64 ``(n_rows,)`` m^2."""
+    x0, dx, rx, y0, ry, dy = grid.transform
+    if crs is None:
+        raise ValueError("pixel space has no area")
+    if not crs.is_geographic:
+        return np.full(n_rows, abs(dx * dy - rx * ry) * crs.linear_unit_m**2, dtype=np.float64)
+    a = crs.semi_major_m
+    f = 1.0 / crs.inverse_flattening
+    b = a * (1 - f)
+    e = math.sqrt(1 - (b / a) ** 2)
+    rows = np.arange(row_off, row_off + n_rows + 1, dtype=np.float64)
+    lat = np.radians(np.clip(y0 + rows * dy, -90.0, 90.0))
+    s = np.sin(lat)
+    q = s / (1 - (e * s) ** 2) + np.log((1 + e * s) / (1 - e * s)) / (2 * e)
+    # Area of a zone between two parallels per radian of longitude: b^2 / 2 * |q2 - q1|.
+    return np.abs(np.diff(q)) * b**2 / 2 * math.radians(abs(dx))
+
+
+def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected regions of a boolean ``(rows, cols)`` mask: int32 labels (0 = background)."""
+    from scipy import ndimage  # lazily: the engine imports only numpy at module level
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool), output=np.int32)
+    return labels, int(count)

@@ -1,0 +1,190 @@
+"""The change-detection job: two dates in, probability, mask, polygons and a summary out."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .engine import DateInput, StackedReader, run_sliding_window
+from .errors import InputError
+from .inputs import align_pair, select_bands
+from .io import RasterSpec, Window
+from .jobs import (
+    AreaCounter,
+    Cancelled,
+    EngineOptions,
+    Log,
+    Progress,
+    RasterOutput,
+    crs_info_of,
+    engine_summary,
+    model_summary,
+    regions_layer,
+    start_job,
+    write_json,
+)
+from .outputs import OutputTransaction
+
+PROBABILITY_NODATA = -1.0
+MASK_NODATA = 255
+
+
+@dataclass
+class ChangeOutputs:
+    """Where the change job writes; None skips an output (probability and mask are required)."""
+
+    probability: str
+    mask: str
+    polygons: str | None = None
+    summary: str | None = None
+
+    @classmethod
+    def in_dir(cls, out_dir: str, polygons: bool = True) -> ChangeOutputs:
+        """The CLI's layout: ``OUTDIR/change_probability.tif`` etc."""
+        return cls(
+            probability=os.path.join(out_dir, "change_probability.tif"),
+            mask=os.path.join(out_dir, "change_mask.tif"),
+            polygons=os.path.join(out_dir, "change_polygons.gpkg") if polygons else None,
+            summary=os.path.join(out_dir, "summary.json"),
+        )
+
+    def paths(self) -> list[str]:
+        return [p for p in (self.probability, self.mask, self.polygons, self.summary) if p]
+
+
+@dataclass
+class ChangeOptions(EngineOptions):
+    """:class:`EngineOptions` plus the decision threshold (None = the model's)."""
+
+    threshold: float | None = None
+
+
+def detect_change(
+    image_a: str,
+    image_b: str,
+    outputs: ChangeOutputs,
+    options: ChangeOptions | None = None,
+    backend: Any = None,
+    progress: Progress | None = None,
+    is_cancelled: Cancelled | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Detect change from ``image_a`` (earlier) to ``image_b`` (later); returns the summary.
+
+    Outputs are on A's grid (cut to the intersection with B); B is warped onto it if needed.
+    Nodata in either date is nodata in every output. Everything is written under temporary
+    names and renamed at the end; on error or cancellation nothing is left behind.
+    """
+    options = options or ChangeOptions()
+    ctx = start_job("change_detection", options, backend, progress, is_cancelled, log)
+    contract = ctx.model.contract
+    threshold = contract.threshold if options.threshold is None else options.threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    sources = []
+    try:
+        a = ctx.backend.open(image_a)
+        sources.append(a)
+        b = ctx.backend.open(image_b)
+        sources.append(b)
+        bands_a = select_bands(a, contract, options.bands)
+        bands_b = select_bands(b, contract, options.bands)
+        grid, a, a_offset, b_on_grid = align_pair(ctx.backend, a, b, ctx.log)
+        if b_on_grid is not b:
+            sources.append(b_on_grid)
+        reader = StackedReader(
+            [DateInput(a, bands_a, a_offset), DateInput(b_on_grid, bands_b)], contract
+        )
+        crs = crs_info_of(ctx.backend, grid)
+        with OutputTransaction(outputs.paths(), overwrite=options.overwrite) as tx:
+            probability = RasterOutput(
+                ctx, tx, outputs.probability,
+                RasterSpec(grid, 1, "float32", PROBABILITY_NODATA, ["change probability"],
+                           tags={"model": os.path.basename(ctx.model.path)}),
+            )
+            mask = RasterOutput(
+                ctx, tx, outputs.mask,
+                RasterSpec(grid, 1, "uint8", MASK_NODATA, ["change mask"],
+                           color_table={0: (0, 0, 0, 0), 1: (230, 30, 30, 255)},
+                           category_names=["no change", "change"],
+                           tags={"threshold": str(threshold)}, overview_resampling="nearest"),
+            )
+            counter = AreaCounter(grid, crs, 2)
+
+            def consume(window: Window, pred: np.ndarray, valid: np.ndarray) -> None:
+                prob = pred[0]
+                prob[~valid] = PROBABILITY_NODATA
+                changed = prob >= threshold
+                mask_values = np.where(valid, changed, MASK_NODATA).astype(np.uint8)
+                probability.write(prob[None], window)
+                mask.write(mask_values[None], window)
+                counter.add(changed.astype(np.int64), window, valid)
+
+            windows_run = run_sliding_window(
+                ctx.model, reader, grid, ctx.tile_size, ctx.overlap_px, options.batch_size,
+                consume, out_channels=1, progress=ctx.progress,
+                is_cancelled=ctx.is_cancelled, read_ahead=options.read_ahead,
+            )
+            valid_pixels = int(counter.pixels.sum())
+            if valid_pixels == 0:
+                raise InputError(
+                    image_a, f"no valid pixels: this date and {image_b} are nodata everywhere "
+                    "they overlap",
+                )
+            n_polygons = None
+            if outputs.polygons:
+                full = Window(0, 0, grid.width, grid.height)
+                changed_mask = mask.sink.read(full) == 1
+                layer, n_polygons = regions_layer(
+                    changed_mask, grid, crs, options.min_area,
+                    mean_of=lambda w: probability.sink.read(w), extra=None,
+                    layer_name="change_polygons", log=ctx.log,
+                )
+                del changed_mask
+                ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
+            probability.finish()
+            mask.finish()
+            summary = _summary(
+                ctx, image_a, image_b, grid, threshold, options, counter, windows_run, n_polygons
+            )
+            if outputs.summary:
+                write_json(tx.temp(outputs.summary), summary)
+            tx.commit()
+        return summary
+    finally:
+        for src in reversed(sources):
+            src.close()
+
+
+def _summary(ctx, image_a, image_b, grid, threshold, options, counter, windows_run, n_polygons):
+    valid = int(counter.pixels.sum())
+    changed = int(counter.pixels[1])
+    summary: dict[str, Any] = {
+        "inputs": {"image_a": os.path.abspath(image_a), "image_b": os.path.abspath(image_b)},
+        "model": model_summary(ctx.model),
+        "threshold": threshold,
+        "min_area_m2": options.min_area,
+        "pixels": {
+            "total": grid.width * grid.height,
+            "valid": valid,
+            "nodata": grid.width * grid.height - valid,
+            "changed": changed,
+        },
+        "changed_percent_of_valid": 100.0 * changed / valid,
+        "changed_area_m2": None,
+        "changed_area_ha": None,
+        "valid_area_m2": None,
+        "polygons": n_polygons,
+    }
+    if counter.area_m2 is not None:
+        summary["changed_area_m2"] = float(counter.area_m2[1])
+        summary["changed_area_ha"] = float(counter.area_m2[1]) / 1e4
+        summary["valid_area_m2"] = float(counter.area_m2.sum())
+    summary["engine"] = engine_summary(ctx, grid, windows_run)
+    summary["warnings"] = list(ctx.warnings)
+    summary["runtime_s"] = round(time.perf_counter() - ctx.started, 3)
+    return summary

@@ -1,0 +1,121 @@
+"""Opening inputs for a job: band selection against the model and bi-temporal alignment."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from .contract import ModelContract
+from .errors import InputError
+from .io import Grid, RasterBackend, RasterSource, Window
+
+Log = Callable[[str], None]
+
+
+def select_bands(
+    source: RasterSource, contract: ModelContract, explicit: Sequence[int] | None = None
+) -> list[int]:
+    """1-based band indices of ``source`` in the model's band order.
+
+    ``explicit`` (``--bands 2,3,4,8``) wins; otherwise band descriptions that name every model
+    band (case-insensitive) order them; otherwise the band count must equal the model's.
+    """
+    want = contract.bands
+    if explicit:
+        bands = [int(b) for b in explicit]
+        if len(bands) != len(want):
+            raise InputError(
+                source.path,
+                f"--bands lists {len(bands)} bands but the model takes {len(want)} "
+                f"({', '.join(want)})",
+            )
+        bad = [b for b in bands if not 1 <= b <= source.count]
+        if bad:
+            raise InputError(
+                source.path, f"--bands {bad[0]} is out of range: the raster has {source.count} bands"
+            )
+        return bands
+    names = [(d or "").strip().upper() for d in source.band_descriptions]
+    if all(w.upper() in names for w in want):
+        return [names.index(w.upper()) + 1 for w in want]
+    if source.count == len(want):
+        return list(range(1, source.count + 1))
+    described = [n for n in names if n]
+    hint = f" (its band descriptions: {', '.join(described)})" if described else ""
+    raise InputError(
+        source.path,
+        f"has {source.count} bands{hint} but the model takes {len(want)}: {', '.join(want)}; "
+        "name the bands in the raster or map them with --bands",
+    )
+
+
+def _pixel_window(grid: Grid, bounds: tuple[float, float, float, float]) -> Window | None:
+    """The window of ``grid`` covering ``bounds`` (pixels at least half inside), or None."""
+    x0, dx, _, y0, _, dy = grid.transform
+    left, bottom, right, top = bounds
+    c0, c1 = sorted(((left - x0) / dx, (right - x0) / dx))
+    r0, r1 = sorted(((top - y0) / dy, (bottom - y0) / dy))
+    col0, col1 = max(0, round(c0)), min(grid.width, round(c1))
+    row0, row1 = max(0, round(r0)), min(grid.height, round(r1))
+    if col1 <= col0 or row1 <= row0:
+        return None
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def _same_grid(a: Grid, b: Grid) -> bool:
+    return (a.width, a.height) == (b.width, b.height) and all(
+        math.isclose(p, q, rel_tol=0, abs_tol=1e-9 * max(1.0, abs(p)))
+        for p, q in zip(a.transform, b.transform, strict=True)
+    )
+
+
+def align_pair(
+    backend: RasterBackend, a: RasterSource, b: RasterSource, log: Log
+) -> tuple[Grid, RasterSource, tuple[int, int], RasterSource]:
+    """Bring date B onto date A's grid, restricted to the intersection of their footprints.
+
+    Returns ``(grid, a, a_offset, b_on_grid)``: the output grid (A's grid cut to the
+    intersection), A and the (col, row) offset of the grid inside it, and B readable on the
+    grid (B itself when it is on A's grid already, else a bilinear warped view).
+    """
+    ga, gb = a.grid, b.grid
+    if not ga.georeferenced and not gb.georeferenced:
+        if (ga.width, ga.height) != (gb.width, gb.height):
+            raise InputError(
+                b.path,
+                f"neither date is georeferenced and the sizes differ ({ga.width}x{ga.height} "
+                f"in {a.path}, {gb.width}x{gb.height} here): cannot align them",
+            )
+        log(
+            "warning: neither input is georeferenced; they are assumed to be co-registered "
+            "pixel for pixel and outputs are in pixel coordinates without a CRS"
+        )
+        return ga, a, (0, 0), b
+    if ga.georeferenced != gb.georeferenced:
+        lacking = a if not ga.georeferenced else b
+        other = b if lacking is a else a
+        raise InputError(
+            lacking.path,
+            f"is not georeferenced but {other.path} is: cannot align them "
+            "(georeference it, e.g. with gdal_translate -a_srs/-a_ullr)",
+        )
+    for src in (a, b):
+        t = src.grid.transform
+        if t[2] != 0 or t[4] != 0:
+            raise InputError(src.path, "has a rotated geotransform; warp it north-up first")
+    same_crs = backend.same_crs(ga.crs_wkt, gb.crs_wkt)
+    if same_crs and _same_grid(ga, gb):
+        return ga, a, (0, 0), b
+    b_bounds = gb.bounds if same_crs else backend.transform_bounds(gb.bounds, gb.crs_wkt, ga.crs_wkt)
+    window = _pixel_window(ga, b_bounds)
+    if window is None:
+        raise InputError(
+            b.path, f"does not overlap {a.path} (footprints are disjoint in {backend.crs_name(ga.crs_wkt)})"
+        )
+    grid = ga.subgrid(window)
+    how = "reprojected" if not same_crs else "resampled"
+    log(
+        f"info: {b.path} is {how} onto the grid of {a.path} (bilinear); "
+        f"working on their intersection, {grid.width}x{grid.height} px"
+    )
+    return grid, a, (window.col_off, window.row_off), backend.open_on_grid(b.path, grid)

@@ -1,0 +1,276 @@
+"""Raster I/O backend on rasterio (and fiona for polygons): the library's and the CLI's backend."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window as RioWindow
+
+from .errors import InputError, OutputError
+from .io import CrsInfo, Grid, PolygonLayer, RasterSpec, Window
+
+# Bounded GDAL block cache (MB): the engine streams and never needs a large cache, while GDAL's
+# default (5% of RAM) would dominate peak memory on big machines. GDAL reads the variable when it
+# first allocates its cache; a user's own GDAL_CACHEMAX wins.
+os.environ.setdefault("GDAL_CACHEMAX", "256")
+
+
+def _rio_window(window: Window) -> RioWindow:
+    return RioWindow(window.col_off, window.row_off, window.width, window.height)
+
+
+def _grid_of(ds: Any) -> Grid:
+    crs = ds.crs
+    georeferenced = crs is not None and not (ds.transform == Affine.identity() and not ds.gcps[0])
+    return Grid(
+        ds.width,
+        ds.height,
+        tuple(ds.transform.to_gdal()),
+        crs.to_wkt() if (georeferenced and crs) else None,
+    )
+
+
+class RasterioSource:
+    """A rasterio dataset (or WarpedVRT over one) behind the RasterSource interface."""
+
+    def __init__(self, path: str, dataset: Any, owner: Any | None = None) -> None:
+        self.path = path
+        self._ds = dataset
+        self._owner = owner  # the underlying file of a WarpedVRT, closed with it
+        self.grid = _grid_of(dataset)
+        self.count = dataset.count
+        self.dtype = dataset.dtypes[0]
+        self.band_descriptions = tuple(dataset.descriptions)
+        self.nodata = dataset.nodata
+
+    def read(self, window: Window, bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        rio_win = _rio_window(window)
+        try:
+            data = self._ds.read(list(bands), window=rio_win, out_dtype="float32")
+            masks = self._ds.read_masks(list(bands), window=rio_win)
+        except (RasterioError, RasterioIOError) as exc:
+            raise InputError(
+                self.path, f"cannot read pixels (truncated or corrupt file?): {exc}"
+            ) from exc
+        return data, np.all(masks > 0, axis=0)
+
+    def close(self) -> None:
+        self._ds.close()
+        if self._owner is not None:
+            self._owner.close()
+
+
+class RasterioSink:
+    """A tiled DEFLATE GeoTIFF written window by window."""
+
+    def __init__(self, path: str, spec: RasterSpec) -> None:
+        self.path = path
+        grid = spec.grid
+        profile = {
+            "driver": "GTiff",
+            "width": grid.width,
+            "height": grid.height,
+            "count": spec.count,
+            "dtype": spec.dtype,
+            "nodata": spec.nodata,
+            "transform": Affine.from_gdal(*grid.transform),
+            "crs": CRS.from_wkt(grid.crs_wkt) if grid.crs_wkt else None,
+            "compress": "DEFLATE",
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "BIGTIFF": "IF_SAFER",
+        }
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(path, "w+", **profile)
+        except (RasterioError, OSError) as exc:
+            raise OutputError(f"{path}: cannot create output raster: {exc}") from exc
+        if spec.band_descriptions:
+            for i, desc in enumerate(spec.band_descriptions, start=1):
+                self._ds.set_band_description(i, desc)
+        if spec.color_table:
+            self._ds.write_colormap(1, spec.color_table)
+            self._ds.colorinterp = [ColorInterp.palette]
+        if spec.tags:
+            self._ds.update_tags(**spec.tags)
+
+    def write(self, data: np.ndarray, window: Window) -> None:
+        try:
+            self._ds.write(data, window=_rio_window(window))
+        except (RasterioError, OSError) as exc:
+            raise OutputError(f"{self.path}: cannot write (disk full?): {exc}") from exc
+
+    def read(self, window: Window, band: int = 1) -> np.ndarray:
+        return self._ds.read(band, window=_rio_window(window))
+
+    def close(self) -> None:
+        self._ds.close()
+
+
+class RasterioBackend:
+    """RasterBackend on rasterio + fiona."""
+
+    name = "rasterio"
+
+    def _open_dataset(self, path: str) -> Any:
+        if not os.path.exists(path):
+            raise InputError(path, "file not found")
+        if os.path.isdir(path):
+            raise InputError(path, "is a folder, not a raster file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open(path)
+        except (RasterioError, RasterioIOError) as exc:
+            raise InputError(path, f"not a raster GDAL can read ({exc})") from exc
+        if ds.count == 0:
+            ds.close()
+            raise InputError(path, "has no raster bands")
+        return ds
+
+    def open(self, path: str) -> RasterioSource:
+        return RasterioSource(path, self._open_dataset(path))
+
+    def open_on_grid(self, path: str, grid: Grid) -> RasterioSource:
+        ds = self._open_dataset(path)
+        if grid.crs_wkt is None:
+            ds.close()
+            raise ValueError("open_on_grid needs a georeferenced target grid")
+        # Without a declared nodata, an alpha band marks pixels outside the source footprint.
+        vrt = WarpedVRT(
+            ds,
+            crs=CRS.from_wkt(grid.crs_wkt),
+            transform=Affine.from_gdal(*grid.transform),
+            width=grid.width,
+            height=grid.height,
+            resampling=Resampling.bilinear,
+            add_alpha=ds.nodata is None,
+        )
+        source = RasterioSource(path, vrt, owner=ds)
+        source.count = ds.count  # the alpha band is not a data band
+        source.band_descriptions = tuple(ds.descriptions)
+        source.grid = grid
+        return source
+
+    def transform_bounds(
+        self, bounds: tuple[float, float, float, float], src_crs_wkt: str, dst_crs_wkt: str
+    ) -> tuple[float, float, float, float]:
+        from rasterio.warp import transform_bounds
+
+        return tuple(
+            transform_bounds(CRS.from_wkt(src_crs_wkt), CRS.from_wkt(dst_crs_wkt), *bounds,
+                             densify_pts=21)
+        )
+
+    def same_crs(self, crs_a: str, crs_b: str) -> bool:
+        return CRS.from_wkt(crs_a) == CRS.from_wkt(crs_b)
+
+    def crs_info(self, crs_wkt: str) -> CrsInfo:
+        crs = CRS.from_wkt(crs_wkt)
+        if crs.is_geographic:
+            return CrsInfo(is_geographic=True)
+        return CrsInfo(is_geographic=False, linear_unit_m=float(crs.linear_units_factor[1]))
+
+    def crs_name(self, crs_wkt: str | None) -> str | None:
+        if crs_wkt is None:
+            return None
+        crs = CRS.from_wkt(crs_wkt)
+        epsg = crs.to_epsg()
+        return f"EPSG:{epsg}" if epsg else crs.to_string()
+
+    def create(self, path: str, spec: RasterSpec) -> RasterioSink:
+        return RasterioSink(path, spec)
+
+    def to_cog(self, src_path: str, dst_path: str, spec: RasterSpec) -> None:
+        from rasterio.shutil import copy as rio_copy
+
+        try:
+            rio_copy(
+                src_path,
+                dst_path,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE=512,
+                OVERVIEW_RESAMPLING=spec.overview_resampling.upper(),
+                BIGTIFF="IF_SAFER",
+                NUM_THREADS="ALL_CPUS",
+            )
+        except (RasterioError, OSError) as exc:
+            raise OutputError(f"{dst_path}: cannot write Cloud-Optimized GeoTIFF: {exc}") from exc
+
+    def write_polygons(self, path: str, layer: PolygonLayer) -> None:
+        import fiona
+        from rasterio.features import shapes
+
+        grid = layer.grid
+        mask = layer.labels > 0
+        fiona_types = {"int": "int", "float": "float", "str": "str"}
+        schema = {
+            "geometry": "Polygon",
+            "properties": {k: fiona_types[layer.field_types[k]] for k in layer.attributes},
+        }
+        try:
+            with fiona.open(
+                path,
+                "w",
+                driver="GPKG",
+                layer=layer.layer_name,
+                schema=schema,
+                crs_wkt=grid.crs_wkt or "",
+            ) as dst:
+
+                def features():
+                    for geom, value in shapes(
+                        layer.labels, mask=mask, connectivity=8,
+                        transform=Affine.from_gdal(*grid.transform),
+                    ):
+                        label = int(value)
+                        props = {k: _py(v[label]) for k, v in layer.attributes.items()}
+                        yield {"geometry": geom, "properties": props}
+
+                dst.writerecords(features())
+        except Exception as exc:  # fiona raises several unrelated types
+            raise OutputError(f"{path}: cannot write polygons: {exc}") from exc
+
+    def describe(self, path: str) -> dict[str, Any]:
+        ds = self._open_dataset(path)
+        try:
+            grid = _grid_of(ds)
+            return {
+                "path": path,
+                "driver": ds.driver,
+                "width": ds.width,
+                "height": ds.height,
+                "count": ds.count,
+                "dtypes": list(ds.dtypes),
+                "band_descriptions": list(ds.descriptions),
+                "crs": self.crs_name(grid.crs_wkt),
+                "georeferenced": grid.georeferenced,
+                "resolution": list(grid.pixel_size),
+                "bounds": list(grid.bounds),
+                "nodata": ds.nodata,
+                "block_shapes": [list(s) for s in ds.block_shapes[:1]],
+            }
+        finally:
+            ds.close()
+
+
+def _py(value: Any) -> Any:
+    """numpy scalar -> Python scalar (fiona wants plain types); NaN -> None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value

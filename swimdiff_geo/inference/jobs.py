@@ -1,0 +1,249 @@
+"""What the change and land-cover jobs share: options, raster outputs, areas, summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .areas import label_regions, row_pixel_areas_m2
+from .contract import LoadedModel, load_model
+from .defaults import default_backend, default_model_path
+from .io import CrsInfo, Grid, PolygonLayer, RasterBackend, RasterSink, RasterSpec, Window
+from .outputs import OutputTransaction
+from .tiling import overlap_pixels
+
+Progress = Callable[[float], None]
+Cancelled = Callable[[], bool]
+Log = Callable[[str], None]
+
+
+@dataclass
+class EngineOptions:
+    """Options every job takes. ``None`` means "what the model metadata says".
+
+    ``overlap`` is a percentage of the tile; ``min_area`` is in m^2; ``bands`` are 1-based
+    raster band indices for one date, in the model's band order; ``threads`` = 0 lets
+    onnxruntime choose.
+    """
+
+    model: str | None = None
+    tile_size: int | None = None
+    overlap: float | None = None
+    batch_size: int = 4
+    min_area: float = 0.0
+    bands: list[int] | None = None
+    device: str = "auto"
+    threads: int = 0
+    overwrite: bool = False
+    read_ahead: bool = True
+
+
+@dataclass
+class JobContext:
+    """Resolved model, backend and callbacks of one job run."""
+
+    model: LoadedModel
+    backend: RasterBackend
+    tile_size: int
+    overlap_px: int
+    log: Log
+    progress: Progress | None
+    is_cancelled: Cancelled | None
+    warnings: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def start_job(
+    model_type: str | tuple[str, ...],
+    options: EngineOptions,
+    backend: RasterBackend | None,
+    progress: Progress | None,
+    is_cancelled: Cancelled | None,
+    log: Log | None,
+) -> JobContext:
+    """Load the model (the bundled default when none is given) and resolve tiling options."""
+    started = time.perf_counter()
+    kinds = (model_type,) if isinstance(model_type, str) else model_type
+    model_path = options.model or default_model_path(kinds[0])
+    model = load_model(model_path, options.device, options.threads, expected_type=kinds)
+    tile = options.tile_size or model.contract.tile_size
+    if tile < 8:
+        raise ValueError(f"tile size must be >= 8 pixels, got {tile}")
+    overlap_pct = model.contract.tiles_overlap if options.overlap is None else options.overlap
+    messages: list[str] = []
+
+    def logger(msg: str) -> None:
+        messages.append(msg)
+        if log is not None:
+            log(msg)
+
+    return JobContext(
+        model=model,
+        backend=backend or default_backend(),
+        tile_size=tile,
+        overlap_px=overlap_pixels(tile, overlap_pct),
+        log=logger,
+        progress=progress,
+        is_cancelled=is_cancelled,
+        warnings=messages,
+        started=started,
+    )
+
+
+class AreaCounter:
+    """Accumulates pixel counts and areas (m^2) per value over streamed strips."""
+
+    def __init__(self, grid: Grid, crs: CrsInfo | None, n_values: int) -> None:
+        self.grid, self.crs = grid, crs
+        self.pixels = np.zeros(n_values, np.int64)
+        self.area_m2 = np.zeros(n_values, np.float64) if crs is not None else None
+
+    def row_areas(self, window: Window) -> np.ndarray | None:
+        if self.crs is None:
+            return None
+        return row_pixel_areas_m2(self.grid, self.crs, window.row_off, window.height)
+
+    def add(self, values: np.ndarray, window: Window, valid: np.ndarray) -> None:
+        """Count ``values`` (int, ``(rows, cols)``) where ``valid``."""
+        n = len(self.pixels)
+        vals = np.where(valid, values, n).astype(np.int64)
+        self.pixels += np.bincount(vals.ravel(), minlength=n + 1)[:n]
+        areas = self.row_areas(window)
+        if areas is not None:
+            weights = np.broadcast_to(areas[:, None], vals.shape).ravel()
+            self.area_m2 += np.bincount(vals.ravel(), weights=weights, minlength=n + 1)[:n]
+
+
+def crs_info_of(backend: RasterBackend, grid: Grid) -> CrsInfo | None:
+    return backend.crs_info(grid.crs_wkt) if grid.crs_wkt else None
+
+
+class RasterOutput:
+    """One output raster: written tiled to a scratch file, finished as a COG at ``final``."""
+
+    def __init__(self, ctx: JobContext, tx: OutputTransaction, final: str, spec: RasterSpec):
+        self.ctx, self.tx, self.final, self.spec = ctx, tx, final, spec
+        self.scratch = tx.scratch(os.path.basename(final) + ".tiled.tif")
+        self.sink: RasterSink = ctx.backend.create(self.scratch, spec)
+
+    def write(self, data: np.ndarray, window: Window) -> None:
+        self.sink.write(data, window)
+
+    def finish(self) -> None:
+        self.sink.close()
+        self.ctx.backend.to_cog(self.scratch, self.tx.temp(self.final), self.spec)
+        os.remove(self.scratch)
+
+
+def regions_layer(
+    mask: np.ndarray,
+    grid: Grid,
+    crs: CrsInfo | None,
+    min_area_m2: float,
+    mean_of: Callable[[Window], np.ndarray] | None,
+    extra: dict[str, tuple[np.ndarray, str]] | None,
+    layer_name: str,
+    log: Log,
+    strip_rows: int = 1024,
+) -> tuple[PolygonLayer, int]:
+    """8-connected regions of ``mask`` at least ``min_area_m2``, with areas and mean values.
+
+    ``mean_of(strip_window)`` returns the per-pixel value to average per region (e.g. the change
+    probability); ``extra`` maps a field to (per-pixel int array, type) whose value is constant
+    per region (e.g. the class id). Areas are computed strip by strip to keep memory flat.
+    """
+    labels, count = label_regions(mask)
+    area = np.zeros(count + 1, np.float64)
+    pixels = np.zeros(count + 1, np.int64)
+    total = np.zeros(count + 1, np.float64)
+    first_pixel_value: dict[str, np.ndarray] = {}
+    for row in range(0, grid.height, strip_rows):
+        n = min(strip_rows, grid.height - row)
+        lab = labels[row : row + n].ravel()
+        window = Window(0, row, grid.width, n)
+        pixels += np.bincount(lab, minlength=count + 1)
+        if crs is not None:
+            areas = row_pixel_areas_m2(grid, crs, row, n)
+            area += np.bincount(
+                lab, weights=np.repeat(areas, grid.width), minlength=count + 1
+            )
+        if mean_of is not None:
+            total += np.bincount(lab, weights=mean_of(window).ravel(), minlength=count + 1)
+    for name, (values, _) in (extra or {}).items():
+        # Any pixel of a region carries its value; take the last one per label.
+        out = np.zeros(count + 1, values.dtype)
+        out[labels.ravel()] = values.ravel()
+        first_pixel_value[name] = out
+    if crs is None:
+        if min_area_m2 > 0:
+            log("warning: --min-area ignored: the inputs are not georeferenced (no areas)")
+        keep = pixels > 0
+    else:
+        keep = area >= min_area_m2
+    keep[0] = False
+    new_id = np.zeros(count + 1, np.int32)
+    new_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    labels = new_id[labels]
+    kept = np.concatenate([[0], np.flatnonzero(keep)])
+    attributes: dict[str, np.ndarray] = {"region_id": np.arange(len(kept), dtype=np.int64)}
+    types = {"region_id": "int"}
+    for name, (_, kind) in (extra or {}).items():
+        attributes[name] = first_pixel_value[name][kept]
+        types[name] = kind
+    attributes["pixels"] = pixels[kept]
+    types["pixels"] = "int"
+    attributes["area_m2"] = area[kept] if crs is not None else np.full(len(kept), np.nan)
+    types["area_m2"] = "float"
+    if mean_of is not None:
+        attributes["mean_probability"] = total[kept] / np.maximum(pixels[kept], 1)
+        types["mean_probability"] = "float"
+    layer = PolygonLayer(labels, grid, attributes, types, layer_name)
+    return layer, len(kept) - 1
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, default=_json_default)
+        fh.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+def model_summary(model: LoadedModel) -> dict[str, Any]:
+    c = model.contract
+    return {
+        "path": os.path.abspath(model.path),
+        "name": c.name,
+        "model_type": c.model_type,
+        "bands": c.bands,
+        "providers": model.providers,
+    }
+
+
+def engine_summary(ctx: JobContext, grid: Grid, windows_run: int) -> dict[str, Any]:
+    return {
+        "software": f"swimdiff-geo {__version__}",
+        "backend": ctx.backend.name,
+        "tile_size": ctx.tile_size,
+        "overlap_px": ctx.overlap_px,
+        "windows_run": windows_run,
+        "grid": {
+            "width": grid.width,
+            "height": grid.height,
+            "crs": ctx.backend.crs_name(grid.crs_wkt),
+            "transform": list(grid.transform),
+        },
+    }

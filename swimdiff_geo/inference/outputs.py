@@ -1,0 +1,103 @@
+"""All-or-nothing output writing: temporary names first, renamed into place only when complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import OutputError
+
+
+class OutputTransaction:
+    """Hands out temporary paths for a set of final output paths and commits them together.
+
+    Temporary files live in a hidden folder inside each output's folder (same filesystem, so the
+    final rename is atomic per file). On :meth:`rollback` the temporary folders go, and so do
+    output folders this transaction created. Use as a context manager: an exception rolls back.
+    """
+
+    def __init__(self, final_paths: Iterable[str], overwrite: bool = False) -> None:
+        self.final_paths = [os.path.abspath(p) for p in final_paths]
+        self.overwrite = overwrite
+        self._tmp_dirs: dict[str, str] = {}
+        self._created_dirs: list[str] = []
+        self._temp_of: dict[str, str] = {}
+        self._committed = False
+
+    def __enter__(self) -> OutputTransaction:
+        existing = [p for p in self.final_paths if os.path.exists(p)]
+        if existing and not self.overwrite:
+            raise OutputError(
+                f"{existing[0]}: output already exists"
+                + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
+                + "; pass --overwrite to replace"
+            )
+        for final in self.final_paths:
+            folder = os.path.dirname(final)
+            if folder not in self._tmp_dirs:
+                self._make_folder(folder)
+                try:
+                    self._tmp_dirs[folder] = tempfile.mkdtemp(prefix=".swimdiff-tmp-", dir=folder)
+                except OSError as exc:
+                    self.rollback()
+                    raise OutputError(f"{folder}: cannot write outputs here: {exc}") from exc
+            self._temp_of[final] = os.path.join(self._tmp_dirs[folder], os.path.basename(final))
+        return self
+
+    def _make_folder(self, folder: str) -> None:
+        missing = []
+        path = Path(folder)
+        while not path.exists():
+            missing.append(str(path))
+            path = path.parent
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot create output folder: {exc}") from exc
+        self._created_dirs.extend(reversed(missing))
+
+    def temp(self, final_path: str) -> str:
+        """The temporary path to write ``final_path`` under."""
+        return self._temp_of[os.path.abspath(final_path)]
+
+    def scratch(self, name: str) -> str:
+        """A scratch file path inside the first temporary folder (removed at the end)."""
+        return os.path.join(next(iter(self._tmp_dirs.values())), name)
+
+    def commit(self) -> None:
+        """Rename every temporary file to its final name, then remove the temporary folders."""
+        try:
+            for final in self.final_paths:
+                tmp = self._temp_of[final]
+                if not os.path.exists(tmp):
+                    raise OutputError(f"{final}: internal error, output was never written")
+                if os.path.isdir(final):
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                # GDAL sidecars (.aux.xml with category names, .qml styles) follow their file.
+                for sidecar in (tmp + ".aux.xml",):
+                    if os.path.exists(sidecar):
+                        os.replace(sidecar, final + sidecar[len(tmp):])
+        except OSError as exc:
+            raise OutputError(f"cannot move outputs into place: {exc}") from exc
+        self._committed = True
+        self._remove_tmp_dirs()
+
+    def rollback(self) -> None:
+        self._remove_tmp_dirs()
+        if not self._committed:
+            for folder in reversed(self._created_dirs):
+                shutil.rmtree(folder, ignore_errors=True)
+            self._created_dirs.clear()
+
+    def _remove_tmp_dirs(self) -> None:
+        for tmp in self._tmp_dirs.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._tmp_dirs.clear()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._committed:
+            self.rollback()
