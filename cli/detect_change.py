@@ -15,34 +15,70 @@ from .options import ProgressBar, echo_log, engine_options, handle_errors
 @click.command("detect-change")
 @click.argument("image_a", type=click.Path(dir_okay=False))
 @click.argument("image_b", type=click.Path(dir_okay=False))
-@click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder for change_probability.tif, change_mask.tif, change_polygons.gpkg, "
-              "summary.json.")
-@click.option("--threshold", "-t", type=click.FloatRange(0, 1), default=None,
-              help="Change probability at or above which a pixel is changed. Default: the model's.")
-@click.option("--polygons/--no-polygons", default=True, show_default=True,
-              help="Write change_polygons.gpkg.")
+@click.option(
+    "--output",
+    "-o",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder for change_probability.tif, change_mask.tif, change_polygons.gpkg, summary.json.",
+)
+@click.option(
+    "--threshold",
+    "-t",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Change probability at or above which a pixel is changed. Default: the model's.",
+)
+@click.option(
+    "--polygons/--no-polygons", default=True, show_default=True, help="Write change_polygons.gpkg."
+)
 @engine_options
 @handle_errors
-def detect_change(image_a: str, image_b: str, out_dir: str, threshold: float | None,
-                  polygons: bool, model: str | None, tile_size: int | None,
-                  overlap: float | None, batch_size: int, min_area: float,
-                  bands: list[int] | None, device: str, threads: int, overwrite: bool,
-                  quiet: bool) -> None:
+def detect_change(
+    image_a: str,
+    image_b: str,
+    out_dir: str,
+    threshold: float | None,
+    polygons: bool,
+    model: str | None,
+    tile_size: int | None,
+    overlap: float | None,
+    batch_size: int,
+    min_area: float,
+    bands: list[int] | None,
+    device: str,
+    threads: int,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Map change from IMAGE_A (earlier) to IMAGE_B (later).
 
     B is warped onto A's grid when their CRS, transform or size differ; outputs cover the
     intersection of their footprints. Nodata in either date is nodata in every output.
     """
     options = ChangeOptions(
-        model=model, threshold=threshold, tile_size=tile_size, overlap=overlap,
-        batch_size=batch_size, min_area=min_area, bands=bands, device=device, threads=threads,
+        model=model,
+        threshold=threshold,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        min_area=min_area,
+        bands=bands,
+        device=device,
+        threads=threads,
         overwrite=overwrite,
     )
     bar = ProgressBar("detect-change", quiet)
     try:
-        summary = run(image_a, image_b, ChangeOutputs.in_dir(out_dir, polygons=polygons), options,
-                      progress=bar, log=echo_log(quiet, bar))
+        summary = run(
+            image_a,
+            image_b,
+            ChangeOutputs.in_dir(out_dir, polygons=polygons),
+            options,
+            progress=bar,
+            log=echo_log(quiet, bar),
+        )
     finally:
         bar.close()
     if not quiet:

@@ -82,11 +82,21 @@ def _print_readable(facts: dict, indent: int = 0) -> None:
 
 @click.command("info")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="For a raster: check that it fits this model (band count / names).")
-@click.option("--bands", default=None, help="For --model: explicit band numbers, e.g. 2,3,4,8.",
-              callback=lambda ctx, p, v: __import__(
-                  "swimdiff_geo.cli.options", fromlist=["parse_bands"]).parse_bands(ctx, p, v))
+@click.option(
+    "--model",
+    "-m",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="For a raster: check that it fits this model (band count / names).",
+)
+@click.option(
+    "--bands",
+    default=None,
+    help="For --model: explicit band numbers, e.g. 2,3,4,8.",
+    callback=lambda ctx, p, v: __import__(
+        "swimdiff_geo.cli.options", fromlist=["parse_bands"]
+    ).parse_bands(ctx, p, v),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of readable text.")
 @handle_errors
 def info(path: str, model: str | None, bands: list[int] | None, as_json: bool) -> None:

@@ -26,36 +26,59 @@ def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 model_option = click.option(
-    "--model", "-m", type=click.Path(dir_okay=False), default=None,
+    "--model",
+    "-m",
+    type=click.Path(dir_okay=False),
+    default=None,
     help="ONNX model (docs/model-format.md). Default: the model bundled for this task.",
 )
 tile_size_option = click.option(
-    "--tile-size", type=click.IntRange(min=8), default=None,
+    "--tile-size",
+    type=click.IntRange(min=8),
+    default=None,
     help="Window size in pixels. Default: the model's tile_size.",
 )
 overlap_option = click.option(
-    "--overlap", type=click.FloatRange(0, 100, max_open=True), default=None,
-    help="Overlap of neighbouring windows, percent of the tile. Default: the model's tiles_overlap.",
+    "--overlap",
+    type=click.FloatRange(0, 100, max_open=True),
+    default=None,
+    help="Overlap of neighbouring windows, percent of the tile. "
+    "Default: the model's tiles_overlap.",
 )
 batch_size_option = click.option(
-    "--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
     help="Windows per onnxruntime call.",
 )
 min_area_option = click.option(
-    "--min-area", type=click.FloatRange(min=0), default=0.0, show_default=True,
+    "--min-area",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
     help="Smallest polygon kept, in m^2.",
 )
 bands_option = click.option(
-    "--bands", callback=parse_bands, default=None, metavar="I,J,...",
+    "--bands",
+    callback=parse_bands,
+    default=None,
+    metavar="I,J,...",
     help="Raster band numbers (1-based) in the model's band order. Default: by band "
     "descriptions, else all bands in order.",
 )
 device_option = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
     help="auto uses CUDA when onnxruntime-gpu and a GPU are present.",
 )
 threads_option = click.option(
-    "--threads", type=click.IntRange(min=0), default=0, show_default=True,
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
     help="onnxruntime intra-op threads (0 = one per physical core).",
 )
 overwrite_option = click.option(
@@ -67,8 +90,18 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options every inference command takes, in help order."""
     for option in reversed(
-        [model_option, tile_size_option, overlap_option, batch_size_option, min_area_option,
-         bands_option, device_option, threads_option, overwrite_option, quiet_option]
+        [
+            model_option,
+            tile_size_option,
+            overlap_option,
+            batch_size_option,
+            min_area_option,
+            bands_option,
+            device_option,
+            threads_option,
+            overwrite_option,
+            quiet_option,
+        ]
     ):
         func = option(func)
     return func
@@ -99,8 +132,14 @@ class ProgressBar:
         if not quiet:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=1000, desc=description, unit="‰", file=sys.stderr, leave=False,
-                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+            self._bar = tqdm(
+                total=1000,
+                desc=description,
+                unit="‰",
+                file=sys.stderr,
+                leave=False,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
+            )
         self._done = 0
 
     def __call__(self, fraction: float) -> None:

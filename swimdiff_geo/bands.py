@@ -42,7 +42,21 @@ class BandSpec:
 # digital numbers / 10000 = top-of-atmosphere reflectance.
 SENTINEL2_L1C = BandSpec(
     name="sentinel2_l1c",
-    bands=("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"),
+    bands=(
+        "B01",
+        "B02",
+        "B03",
+        "B04",
+        "B05",
+        "B06",
+        "B07",
+        "B08",
+        "B8A",
+        "B09",
+        "B10",
+        "B11",
+        "B12",
+    ),
     input_scale=1e-4,
     resolution_m=10.0,
 )
@@ -63,7 +77,10 @@ LANDSAT_SWIR1_NIR_RED_GREEN_U8 = BandSpec(
 
 # NAIP aerial imagery, 8-bit R, G, B, NIR.
 NAIP_RGBN = BandSpec(
-    name="naip_rgbn", bands=("RED", "GREEN", "BLUE", "NIR"), input_scale=1.0 / 255.0, resolution_m=1.0
+    name="naip_rgbn",
+    bands=("RED", "GREEN", "BLUE", "NIR"),
+    input_scale=1.0 / 255.0,
+    resolution_m=1.0,
 )
 
 BAND_SPECS = {s.name: s for s in (SENTINEL2_L1C, LANDSAT_SWIR1_NIR_RED_GREEN_U8, NAIP_RGBN)}

@@ -26,9 +26,15 @@ def _save(graph: onnx.GraphProto, contract: ModelContract, path: str) -> str:
 
 def change_contract(bands: list[str], **overrides) -> ModelContract:
     fields = dict(
-        model_type="change_detection", bands=list(bands), num_dates=2, tile_size=32,
-        tiles_overlap=25.0, threshold=0.5, input_scale=1.0,
-        class_names={"0": "no change", "1": "change"}, name="test pointwise change",
+        model_type="change_detection",
+        bands=list(bands),
+        num_dates=2,
+        tile_size=32,
+        tiles_overlap=25.0,
+        threshold=0.5,
+        input_scale=1.0,
+        class_names={"0": "no change", "1": "change"},
+        name="test pointwise change",
     )
     fields.update(overrides)
     return ModelContract(**fields)
@@ -66,11 +72,17 @@ def pointwise_change_numpy(a: np.ndarray, b: np.ndarray, gain: float, bias: floa
 
 def segmentation_contract(bands: list[str], classes: list[str], **overrides) -> ModelContract:
     fields = dict(
-        model_type="segmentation", bands=list(bands), num_dates=1, tile_size=32,
-        tiles_overlap=25.0, input_scale=1.0,
+        model_type="segmentation",
+        bands=list(bands),
+        num_dates=1,
+        tile_size=32,
+        tiles_overlap=25.0,
+        input_scale=1.0,
         class_names={str(i): n for i, n in enumerate(classes)},
-        class_colors={str(i): f"#{(50 * i) % 256:02x}{(90 * i) % 256:02x}{(140 + 30 * i) % 256:02x}"
-                      for i in range(len(classes))},
+        class_colors={
+            str(i): f"#{(50 * i) % 256:02x}{(90 * i) % 256:02x}{(140 + 30 * i) % 256:02x}"
+            for i in range(len(classes))
+        },
         name="test pointwise segmentation",
     )
     fields.update(overrides)

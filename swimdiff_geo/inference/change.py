@@ -102,16 +102,33 @@ def detect_change(
         crs = crs_info_of(ctx.backend, grid)
         with OutputTransaction(outputs.paths(), overwrite=options.overwrite) as tx:
             probability = RasterOutput(
-                ctx, tx, outputs.probability,
-                RasterSpec(grid, 1, "float32", PROBABILITY_NODATA, ["change probability"],
-                           tags={"model": os.path.basename(ctx.model.path)}),
+                ctx,
+                tx,
+                outputs.probability,
+                RasterSpec(
+                    grid,
+                    1,
+                    "float32",
+                    PROBABILITY_NODATA,
+                    ["change probability"],
+                    tags={"model": os.path.basename(ctx.model.path)},
+                ),
             )
             mask = RasterOutput(
-                ctx, tx, outputs.mask,
-                RasterSpec(grid, 1, "uint8", MASK_NODATA, ["change mask"],
-                           color_table={0: (0, 0, 0, 0), 1: (230, 30, 30, 255)},
-                           category_names=["no change", "change"],
-                           tags={"threshold": str(threshold)}, overview_resampling="nearest"),
+                ctx,
+                tx,
+                outputs.mask,
+                RasterSpec(
+                    grid,
+                    1,
+                    "uint8",
+                    MASK_NODATA,
+                    ["change mask"],
+                    color_table={0: (0, 0, 0, 0), 1: (230, 30, 30, 255)},
+                    category_names=["no change", "change"],
+                    tags={"threshold": str(threshold)},
+                    overview_resampling="nearest",
+                ),
             )
             counter = AreaCounter(grid, crs, 2)
 
@@ -125,24 +142,37 @@ def detect_change(
                 counter.add(changed.astype(np.int64), window, valid)
 
             windows_run = run_sliding_window(
-                ctx.model, reader, grid, ctx.tile_size, ctx.overlap_px, options.batch_size,
-                consume, out_channels=1, progress=ctx.progress,
-                is_cancelled=ctx.is_cancelled, read_ahead=options.read_ahead,
+                ctx.model,
+                reader,
+                grid,
+                ctx.tile_size,
+                ctx.overlap_px,
+                options.batch_size,
+                consume,
+                out_channels=1,
+                progress=ctx.progress,
+                is_cancelled=ctx.is_cancelled,
+                read_ahead=options.read_ahead,
             )
             valid_pixels = int(counter.pixels.sum())
             if valid_pixels == 0:
                 raise InputError(
-                    image_a, f"no valid pixels: this date and {image_b} are nodata everywhere "
-                    "they overlap",
+                    image_a,
+                    f"no valid pixels: this date and {image_b} are nodata everywhere they overlap",
                 )
             n_polygons = None
             if outputs.polygons:
                 full = Window(0, 0, grid.width, grid.height)
                 changed_mask = mask.sink.read(full) == 1
                 layer, n_polygons = regions_layer(
-                    changed_mask, grid, crs, options.min_area,
-                    mean_of=lambda w: probability.sink.read(w), extra=None,
-                    layer_name="change_polygons", log=ctx.log,
+                    changed_mask,
+                    grid,
+                    crs,
+                    options.min_area,
+                    mean_of=lambda w: probability.sink.read(w),
+                    extra=None,
+                    layer_name="change_polygons",
+                    log=ctx.log,
                 )
                 del changed_mask
                 ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)

@@ -114,11 +114,17 @@ class ModelContract:
             return ModelError(source, f"metadata key '{key}' {why}")
 
         if self.format_version != FORMAT_VERSION:
-            raise bad("format_version", f"is {self.format_version!r}; this engine reads {FORMAT_VERSION}")
+            raise bad(
+                "format_version", f"is {self.format_version!r}; this engine reads {FORMAT_VERSION}"
+            )
         if self.model_type not in MODEL_TYPES:
-            raise bad("model_type", f"is {self.model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
-        if not isinstance(self.bands, list) or not self.bands or not all(
-            isinstance(b, str) for b in self.bands
+            raise bad(
+                "model_type", f"is {self.model_type!r}; expected one of {', '.join(MODEL_TYPES)}"
+            )
+        if (
+            not isinstance(self.bands, list)
+            or not self.bands
+            or not all(isinstance(b, str) for b in self.bands)
         ):
             raise bad("bands", "must be a non-empty JSON list of band names")
         if not isinstance(self.num_dates, int) or self.num_dates < 1:
@@ -142,7 +148,9 @@ class ModelContract:
         if self.model_type in ("segmentation", "classification") and self.num_classes < 2:
             raise bad("class_names", "must name at least 2 classes for this model_type")
         if self.nodata_policy not in NODATA_POLICIES:
-            raise bad("nodata_policy", f"is {self.nodata_policy!r}; expected one of {NODATA_POLICIES}")
+            raise bad(
+                "nodata_policy", f"is {self.nodata_policy!r}; expected one of {NODATA_POLICIES}"
+            )
 
 
 @dataclass

@@ -52,7 +52,9 @@ class StackedReader:
         parts, valid = [], np.ones((window.height, window.width), dtype=bool)
         for date in self.dates:
             col, row = date.offset
-            shifted = Window(window.col_off + col, window.row_off + row, window.width, window.height)
+            shifted = Window(
+                window.col_off + col, window.row_off + row, window.width, window.height
+            )
             data, ok = date.source.read(shifted, date.bands)
             valid &= ok
             if self.contract.nodata_policy == "declared_or_zero":

@@ -32,7 +32,8 @@ def select_bands(
         bad = [b for b in bands if not 1 <= b <= source.count]
         if bad:
             raise InputError(
-                source.path, f"--bands {bad[0]} is out of range: the raster has {source.count} bands"
+                source.path,
+                f"--bands {bad[0]} is out of range: the raster has {source.count} bands",
             )
         return bands
     names = [(d or "").strip().upper() for d in source.band_descriptions]
@@ -106,11 +107,15 @@ def align_pair(
     same_crs = backend.same_crs(ga.crs_wkt, gb.crs_wkt)
     if same_crs and _same_grid(ga, gb):
         return ga, a, (0, 0), b
-    b_bounds = gb.bounds if same_crs else backend.transform_bounds(gb.bounds, gb.crs_wkt, ga.crs_wkt)
+    b_bounds = (
+        gb.bounds if same_crs else backend.transform_bounds(gb.bounds, gb.crs_wkt, ga.crs_wkt)
+    )
     window = _pixel_window(ga, b_bounds)
     if window is None:
         raise InputError(
-            b.path, f"does not overlap {a.path} (footprints are disjoint in {backend.crs_name(ga.crs_wkt)})"
+            b.path,
+            f"does not overlap {a.path} "
+            f"(footprints are disjoint in {backend.crs_name(ga.crs_wkt)})",
         )
     grid = ga.subgrid(window)
     how = "reprojected" if not same_crs else "resampled"

@@ -427,11 +427,13 @@ class GdalBackend:
     def write_polygons(self, path: str, layer: PolygonLayer) -> None:
         """Polygonise ``layer.labels`` (8-connected) into a GeoPackage layer in the grid's CRS.
 
-        Each feature carries the attributes of its label (``layer.attributes[name][label]``).
+        Each polygon carries the attributes of its label (``layer.attributes[name][label]``),
+        fields in the order of ``layer.attributes``; NaN becomes NULL.
         """
         path = str(path)
         labels = np.ascontiguousarray(layer.labels, dtype=np.int32)
         rows, cols = labels.shape
+        names = list(layer.attributes)
         try:
             with _gdal_errors():
                 mem = _check(
@@ -441,55 +443,50 @@ class GdalBackend:
                 mem.SetGeoTransform(list(layer.grid.transform))
                 band = mem.GetRasterBand(1)
                 band.WriteArray(labels)
-                band.SetNoDataValue(0)  # the nodata mask excludes the background from polygons
+                band.SetNoDataValue(0)  # its nodata mask keeps the background out of the polygons
+                # Polygonise into memory first, then copy with the attributes: GeoPackage layers
+                # are not safely updated while being iterated.
+                scratch = ogr.GetDriverByName("Memory").CreateDataSource("polygons")
+                scratch_layer = scratch.CreateLayer("labels", geom_type=ogr.wkbPolygon)
+                scratch_layer.CreateField(ogr.FieldDefn("label", ogr.OFTInteger))
+                err = gdal.Polygonize(band, band.GetMaskBand(), scratch_layer, 0, ["8CONNECTED=8"])
+                if err != 0:
+                    raise _GdalFailure(gdal.GetLastErrorMsg() or "Polygonize failed")
+
                 srs = _srs(layer.grid.crs_wkt) if layer.grid.crs_wkt else None
                 if os.path.exists(path):
-                    gdal.GetDriverByName("GPKG").Delete(path)
+                    os.remove(path)
                 out = _check(
                     ogr.GetDriverByName("GPKG").CreateDataSource(path), "creating GeoPackage"
                 )
-                lyr = _check(
+                out_layer = _check(
                     out.CreateLayer(layer.layer_name, srs=srs, geom_type=ogr.wkbPolygon),
                     "creating layer",
                 )
-                lyr.CreateField(ogr.FieldDefn("_label", ogr.OFTInteger))
-                for name, kind in layer.field_types.items():
-                    lyr.CreateField(ogr.FieldDefn(name, _OGR_FIELD_TYPES[kind]))
-                lyr.StartTransaction()
-                err = gdal.Polygonize(band, band.GetMaskBand(), lyr, 0, ["8CONNECTED=8"])
-                if err != 0:
-                    raise _GdalFailure(gdal.GetLastErrorMsg() or "Polygonize failed")
-                lyr.CommitTransaction()
-                self._fill_attributes(lyr, layer)
-                lyr.DeleteField(lyr.GetLayerDefn().GetFieldIndex("_label"))
-                out.FlushCache()
+                for name in names:
+                    kind = layer.field_types[name]
+                    out_layer.CreateField(ogr.FieldDefn(name, _OGR_FIELD_TYPES[kind]))
+                definition = out_layer.GetLayerDefn()
+                out_layer.StartTransaction()
+                for polygon in scratch_layer:
+                    label = polygon.GetFieldAsInteger(0)
+                    feature = ogr.Feature(definition)
+                    feature.SetGeometry(polygon.GetGeometryRef())
+                    for name in names:
+                        _set_field(
+                            feature, name, layer.field_types[name], layer.attributes[name][label]
+                        )
+                    if out_layer.CreateFeature(feature) != 0:
+                        raise _GdalFailure(gdal.GetLastErrorMsg() or "writing a polygon failed")
+                out_layer.CommitTransaction()
                 _check(True, "writing GeoPackage")
-                lyr = None
+                out_layer = None
                 out = None
+                scratch_layer = None
+                scratch = None
                 mem = None
         except _GdalFailure as exc:
             raise OutputError(f"{path}: cannot write polygons ({exc})") from exc
-
-    @staticmethod
-    def _fill_attributes(lyr: ogr.Layer, layer: PolygonLayer) -> None:
-        lyr.StartTransaction()
-        lyr.ResetReading()
-        for feature in lyr:
-            label = feature.GetFieldAsInteger("_label")
-            for name, kind in layer.field_types.items():
-                value = layer.attributes[name][label]
-                if isinstance(value, np.generic):
-                    value = value.item()
-                if value is None or (isinstance(value, float) and value != value):
-                    feature.SetFieldNull(name)  # NaN -> NULL, as the rasterio backend
-                elif kind == "int":
-                    feature.SetField(name, int(value))
-                elif kind == "float":
-                    feature.SetField(name, float(value))
-                else:
-                    feature.SetField(name, str(value))
-            lyr.SetFeature(feature)
-        lyr.CommitTransaction()
 
     # -- info -----------------------------------------------------------------------------
     def describe(self, path: str) -> dict[str, Any]:
@@ -524,3 +521,17 @@ class GdalBackend:
         finally:
             bands = []
             ds = None
+
+
+def _set_field(feature: ogr.Feature, name: str, kind: str, value: Any) -> None:
+    """Set one attribute: numpy scalars as Python values, NaN/None as NULL."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and value != value):
+        feature.SetFieldNull(name)
+    elif kind == "int":
+        feature.SetField(name, int(value))
+    elif kind == "float":
+        feature.SetField(name, float(value))
+    else:
+        feature.SetField(name, str(value))

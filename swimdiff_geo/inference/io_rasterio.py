@@ -170,8 +170,9 @@ class RasterioBackend:
         from rasterio.warp import transform_bounds
 
         return tuple(
-            transform_bounds(CRS.from_wkt(src_crs_wkt), CRS.from_wkt(dst_crs_wkt), *bounds,
-                             densify_pts=21)
+            transform_bounds(
+                CRS.from_wkt(src_crs_wkt), CRS.from_wkt(dst_crs_wkt), *bounds, densify_pts=21
+            )
         )
 
     def same_crs(self, crs_a: str, crs_b: str) -> bool:
@@ -233,7 +234,9 @@ class RasterioBackend:
 
                 def features():
                     for geom, value in shapes(
-                        layer.labels, mask=mask, connectivity=8,
+                        layer.labels,
+                        mask=mask,
+                        connectivity=8,
                         transform=Affine.from_gdal(*grid.transform),
                     ):
                         label = int(value)

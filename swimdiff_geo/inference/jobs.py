@@ -171,9 +171,7 @@ def regions_layer(
         pixels += np.bincount(lab, minlength=count + 1)
         if crs is not None:
             areas = row_pixel_areas_m2(grid, crs, row, n)
-            area += np.bincount(
-                lab, weights=np.repeat(areas, grid.width), minlength=count + 1
-            )
+            area += np.bincount(lab, weights=np.repeat(areas, grid.width), minlength=count + 1)
         if mean_of is not None:
             total += np.bincount(lab, weights=mean_of(window).ravel(), minlength=count + 1)
     for name, (values, _) in (extra or {}).items():

@@ -80,7 +80,7 @@ class OutputTransaction:
                 # GDAL sidecars (.aux.xml with category names, .qml styles) follow their file.
                 for sidecar in (tmp + ".aux.xml",):
                     if os.path.exists(sidecar):
-                        os.replace(sidecar, final + sidecar[len(tmp):])
+                        os.replace(sidecar, final + sidecar[len(tmp) :])
         except OSError as exc:
             raise OutputError(f"cannot move outputs into place: {exc}") from exc
         self._committed = True

@@ -97,7 +97,9 @@ class TileGrid:
 
     def weight(self, window: Window) -> np.ndarray:
         """Blend weights ``(h, w)`` float32 of one window."""
-        wy = taper(window.height, window.row_off == 0, window.row_off + window.height == self.height)
+        wy = taper(
+            window.height, window.row_off == 0, window.row_off + window.height == self.height
+        )
         wx = taper(window.width, window.col_off == 0, window.col_off + window.width == self.width)
         return np.outer(wy, wx)
 
