@@ -152,14 +152,19 @@ def regions_layer(
     layer_name: str,
     log: Log,
     strip_rows: int = 1024,
+    labels: np.ndarray | None = None,
 ) -> tuple[PolygonLayer, int]:
     """8-connected regions of ``mask`` at least ``min_area_m2``, with areas and mean values.
 
     ``mean_of(strip_window)`` returns the per-pixel value to average per region (e.g. the change
     probability); ``extra`` maps a field to (per-pixel int array, type) whose value is constant
     per region (e.g. the class id). Areas are computed strip by strip to keep memory flat.
+    ``labels`` (int32, 0 = background) replaces the 8-connected labelling of ``mask``.
     """
-    labels, count = label_regions(mask)
+    if labels is None:
+        labels, count = label_regions(mask)
+    else:
+        count = int(labels.max(initial=0))
     area = np.zeros(count + 1, np.float64)
     pixels = np.zeros(count + 1, np.int64)
     total = np.zeros(count + 1, np.float64)

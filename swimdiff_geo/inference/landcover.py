@@ -1,0 +1,324 @@
+"""The land-cover job: one image in, a class map, class areas, polygons and probabilities out.
+
+Segmentation models (output ``(N, K, H, W)``) run through the sliding-window engine: blended
+class probabilities, then argmax. Classification models (output ``(N, K)``) are patch
+classifiers: they run on a grid of cells ``stride`` pixels wide, each cell classified from the
+``tile_size`` window centred on it (shifted inside the raster at the edges), so the class map
+has pixels ``stride`` times larger than the image's, over the same georeferenced extent.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .areas import label_regions
+from .engine import DateInput, StackedReader, _read_ahead, run_sliding_window
+from .errors import CancelledError, InputError
+from .inputs import select_bands
+from .io import Grid, RasterSpec, Window
+from .jobs import (
+    AreaCounter,
+    Cancelled,
+    EngineOptions,
+    JobContext,
+    Log,
+    Progress,
+    RasterOutput,
+    crs_info_of,
+    engine_summary,
+    model_summary,
+    regions_layer,
+    start_job,
+    write_json,
+)
+from .outputs import OutputTransaction
+from .tiling import pad_to_tile
+
+CLASS_NODATA = 255
+PROBABILITY_NODATA = -1.0
+
+
+@dataclass
+class LandcoverOutputs:
+    """Where the land-cover job writes; None skips an optional output."""
+
+    landcover: str
+    areas_csv: str | None = None
+    polygons: str | None = None
+    probabilities: str | None = None
+    summary: str | None = None
+
+    @classmethod
+    def in_dir(
+        cls, out_dir: str, polygons: bool = False, probabilities: bool = False
+    ) -> LandcoverOutputs:
+        """The CLI's layout: ``OUTDIR/landcover.tif``, ``class_areas.csv``, ..."""
+        return cls(
+            landcover=os.path.join(out_dir, "landcover.tif"),
+            areas_csv=os.path.join(out_dir, "class_areas.csv"),
+            polygons=os.path.join(out_dir, "landcover.gpkg") if polygons else None,
+            probabilities=os.path.join(out_dir, "class_probabilities.tif")
+            if probabilities
+            else None,
+            summary=os.path.join(out_dir, "summary.json"),
+        )
+
+    def paths(self) -> list[str]:
+        return [
+            p
+            for p in (
+                self.landcover,
+                self.areas_csv,
+                self.polygons,
+                self.probabilities,
+                self.summary,
+            )
+            if p
+        ]
+
+
+@dataclass
+class LandcoverOptions(EngineOptions):
+    """:class:`EngineOptions` plus ``stride`` (pixels) for patch-classification models
+    (None = half the tile size)."""
+
+    stride: int | None = None
+
+
+def _hex_to_rgba(color: str) -> tuple[int, int, int, int]:
+    c = color.lstrip("#")
+    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255
+
+
+def map_landcover(
+    image: str,
+    outputs: LandcoverOutputs,
+    options: LandcoverOptions | None = None,
+    backend: Any = None,
+    progress: Progress | None = None,
+    is_cancelled: Cancelled | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Map land cover in ``image``; returns the summary (also written to ``outputs.summary``)."""
+    options = options or LandcoverOptions()
+    ctx = start_job(
+        ("segmentation", "classification"), options, backend, progress, is_cancelled, log
+    )
+    contract = ctx.model.contract
+    class_ids = contract.class_ids()
+    if max(class_ids) >= CLASS_NODATA or min(class_ids) < 0:
+        raise InputError(ctx.model.path, "class ids must lie in 0..254 for a uint8 class map")
+    source = ctx.backend.open(image)
+    try:
+        reader = StackedReader(
+            [DateInput(source, select_bands(source, contract, options.bands))], contract
+        )
+        if contract.model_type == "classification":
+            stride = options.stride or max(1, ctx.tile_size // 2)
+            grid = _strided_grid(source.grid, stride)
+        else:
+            stride = 1
+            grid = source.grid
+        crs = crs_info_of(ctx.backend, grid)
+        names = [contract.class_names.get(str(i), "") for i in range(max(class_ids) + 1)]
+        colors = {
+            i: _hex_to_rgba(contract.class_colors[str(i)])
+            for i in class_ids
+            if str(i) in contract.class_colors
+        }
+        with OutputTransaction(outputs.paths(), overwrite=options.overwrite) as tx:
+            classes = RasterOutput(
+                ctx, tx, outputs.landcover,
+                RasterSpec(grid, 1, "uint8", CLASS_NODATA, ["land cover class"],
+                           color_table=colors or None, category_names=names,
+                           tags={"model": os.path.basename(ctx.model.path)},
+                           overview_resampling="nearest"),
+            )  # fmt: skip
+            probs = None
+            if outputs.probabilities:
+                probs = RasterOutput(
+                    ctx, tx, outputs.probabilities,
+                    RasterSpec(grid, len(class_ids), "float32", PROBABILITY_NODATA,
+                               [f"p({contract.class_names[str(i)]})" for i in class_ids]),
+                )  # fmt: skip
+            counter = AreaCounter(grid, crs, max(class_ids) + 1)
+            id_lookup = np.asarray(class_ids, dtype=np.uint8)
+
+            def consume(window: Window, pred: np.ndarray, valid: np.ndarray) -> None:
+                ids = id_lookup[np.argmax(pred, axis=0)]
+                classes.write(np.where(valid, ids, CLASS_NODATA).astype(np.uint8)[None], window)
+                if probs is not None:
+                    probs.write(np.where(valid[None], pred, PROBABILITY_NODATA), window)
+                counter.add(ids.astype(np.int64), window, valid)
+
+            if contract.model_type == "segmentation":
+                windows_run = run_sliding_window(
+                    ctx.model, reader, grid, ctx.tile_size, ctx.overlap_px, options.batch_size,
+                    consume, out_channels=len(class_ids), progress=ctx.progress,
+                    is_cancelled=ctx.is_cancelled, read_ahead=options.read_ahead,
+                )  # fmt: skip
+            else:
+                windows_run = _run_patch_classifier(
+                    ctx,
+                    reader,
+                    source.grid,
+                    grid,
+                    stride,
+                    options.batch_size,
+                    len(class_ids),
+                    consume,
+                )
+            valid_pixels = int(counter.pixels.sum())
+            if valid_pixels == 0:
+                raise InputError(image, "no valid pixels: the image is nodata everywhere")
+            n_polygons = None
+            if outputs.polygons:
+                full = Window(0, 0, grid.width, grid.height)
+                class_map = classes.sink.read(full)
+                layer, n_polygons = _class_regions(class_map, grid, crs, options, names, ctx)
+                ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
+            classes.finish()
+            if probs is not None:
+                probs.finish()
+            table = _class_table(counter, class_ids, contract.class_names)
+            if outputs.areas_csv:
+                _write_areas_csv(tx.temp(outputs.areas_csv), table)
+            summary = {
+                "inputs": {"image": os.path.abspath(image)},
+                "model": model_summary(ctx.model),
+                "stride_px": stride,
+                "pixels": {"total": grid.width * grid.height, "valid": valid_pixels},
+                "classes": table,
+                "valid_area_m2": float(counter.area_m2.sum()) if counter.area_m2 is not None
+                else None,
+                "polygons": n_polygons,
+                "engine": engine_summary(ctx, grid, windows_run),
+                "warnings": list(ctx.warnings),
+                "runtime_s": round(time.perf_counter() - ctx.started, 3),
+            }  # fmt: skip
+            if outputs.summary:
+                write_json(tx.temp(outputs.summary), summary)
+            tx.commit()
+        return summary
+    finally:
+        source.close()
+
+
+def _strided_grid(grid: Grid, stride: int) -> Grid:
+    x0, dx, rx, y0, ry, dy = grid.transform
+    return Grid(
+        math.ceil(grid.width / stride),
+        math.ceil(grid.height / stride),
+        (x0, dx * stride, rx * stride, y0, ry * stride, dy * stride),
+        grid.crs_wkt,
+    )
+
+
+def _run_patch_classifier(
+    ctx: JobContext,
+    reader: StackedReader,
+    image_grid: Grid,
+    grid: Grid,
+    stride: int,
+    batch_size: int,
+    n_classes: int,
+    consume,
+) -> int:
+    """Classify one ``tile_size`` window per output cell and hand each cell row to ``consume``."""
+    tile = ctx.tile_size
+    win_h, win_w = min(tile, image_grid.height), min(tile, image_grid.width)
+
+    def centred(center: int, size: int, length: int) -> int:
+        return int(min(max(center - size // 2, 0), length - size))
+
+    def rows():
+        for r in range(grid.height):
+            cells = []
+            for c in range(grid.width):
+                cy = centred(r * stride + stride // 2, win_h, image_grid.height)
+                cx = centred(c * stride + stride // 2, win_w, image_grid.width)
+                data, valid = reader.read(Window(cx, cy, win_w, win_h))
+                cell = valid[
+                    r * stride - cy : (r + 1) * stride - cy, c * stride - cx : (c + 1) * stride - cx
+                ]
+                cells.append((pad_to_tile(data, tile), cell.size > 0 and cell.mean() > 0.5))
+            yield r, cells
+
+    n_run = 0
+    for r, cells in _read_ahead(rows(), depth=2, stop=threading.Event()):
+        if ctx.is_cancelled is not None and ctx.is_cancelled():
+            raise CancelledError("cancelled by the user; partial outputs removed")
+        valid = np.array([ok for _, ok in cells], dtype=bool)
+        pred = np.zeros((n_classes, 1, grid.width), np.float32)
+        todo = np.flatnonzero(valid)
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start : start + batch_size]
+            out = ctx.model.run(np.stack([cells[i][0] for i in idx]))
+            if out.ndim != 2 or out.shape[1] != n_classes:
+                raise InputError(
+                    ctx.model.path, f"model returned shape {out.shape}; expected (N, {n_classes})"
+                )
+            pred[:, 0, idx] = out.T
+            n_run += len(idx)
+        consume(Window(0, r, grid.width, 1), pred, valid[None])
+        if ctx.progress is not None:
+            ctx.progress((r + 1) / grid.height)
+    return n_run
+
+
+def _class_regions(class_map, grid, crs, options, names, ctx):
+    """Polygons of 8-connected same-class regions (each class dissolved separately)."""
+    labels_total = np.zeros(class_map.shape, np.int32)
+    offset = 0
+    valid = class_map != CLASS_NODATA
+    for cid in np.unique(class_map[valid]):
+        # Label each class on its own so regions never merge across classes.
+        lab, n = label_regions(class_map == cid)
+        labels_total[lab > 0] = lab[lab > 0] + offset
+        offset += n
+    layer, n = regions_layer(
+        labels_total > 0, grid, crs, options.min_area, mean_of=None,
+        extra={"class_id": (class_map.astype(np.int64), "int")},
+        layer_name="landcover", log=ctx.log, labels=labels_total,
+    )  # fmt: skip
+    ids = layer.attributes["class_id"]
+    layer.attributes["class_name"] = np.array([names[i] if i < len(names) else "" for i in ids])
+    layer.field_types["class_name"] = "str"
+    return layer, n
+
+
+def _class_table(counter: AreaCounter, class_ids: list[int], class_names: dict[str, str]):
+    valid_pixels = int(counter.pixels.sum())
+    valid_area = float(counter.area_m2.sum()) if counter.area_m2 is not None else None
+    table = []
+    for cid in class_ids:
+        px = int(counter.pixels[cid])
+        area = float(counter.area_m2[cid]) if counter.area_m2 is not None else None
+        share = (area / valid_area if valid_area else px / valid_pixels) * 100.0
+        table.append(
+            {
+                "class_id": cid,
+                "class_name": class_names[str(cid)],
+                "pixels": px,
+                "area_m2": area,
+                "area_ha": area / 1e4 if area is not None else None,
+                "percent_of_valid_area": share,
+            }
+        )
+    return table
+
+
+def _write_areas_csv(path: str, table: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
+        writer.writeheader()
+        for row in table:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
