@@ -1,0 +1,624 @@
+"""Pretraining data: random windows cut from GeoTIFF archives, each with its scene id and date.
+
+Rasters are never loaded whole: every sample is a windowed read. Four source layouts:
+
+- ``manifest``: a CSV with columns ``path,scene_id[,date]`` (paths relative to the CSV's folder);
+  rows sharing a scene id are the same place (e.g. several dates). ``scene_grid`` (pixels)
+  optionally splits each raster into a grid of scenes.
+- ``folder``: every ``*.tif``/``*.tiff`` under a folder is one scene (its relative path without
+  suffix); a date is parsed from the file name (``YYYYMMDD`` or ``YYYY-MM-DD``) when present.
+- ``oscd``: the OSCD download as distributed (per-band files at 10/20/60 m, resampled to the
+  10 m B02 grid by :class:`swimdiff_geo.data.oscd.OSCDCity`), both dates of every city,
+  labelled or not; one scene per city.
+- ``ssl4eo``: SSL4EO-S12 / SeCo layout ``<root>[/s2c]/<location>/<acquisition>/<band>.tif``
+  (band files named ``B1``.. ``B12``, ``B8A``, or zero-padded ``B01``); one scene per location,
+  the date parsed from the acquisition folder name.
+
+A sample is a dict: ``view1``/``view2`` float32 (C, w, w) scaled bands (DN * input_scale),
+``scene_id`` int64, ``date1``/``date2`` strings, ``source`` int. With ``temporal=True`` view2 is
+the same place at another date of the scene (when the scene has one), else the same window.
+Augmentation happens later, on the batch (:mod:`swimdiff_geo.data.augment`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.enums import Resampling
+from rasterio.windows import Window, from_bounds
+from rasterio.windows import bounds as window_bounds
+from torch.utils.data import Dataset
+
+from swimdiff_geo.bands import SENTINEL2_L1C
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", "oscd", "manifest", "folder", "ssl4eo")
+_DATE_PATTERNS = (
+    re.compile(r"(?<!\d)((?:19|20)\d{2})(\d{2})(\d{2})(?!\d)"),
+    re.compile(r"(?<!\d)((?:19|20)\d{2})-(\d{2})-(\d{2})(?!\d)"),
+)
+
+__all__ = [
+    "FORMATS",
+    "BandFilesSource",
+    "GeoTiffSource",
+    "OSCDSource",
+    "PretrainWindowDataset",
+    "RasterSource",
+    "build_sources",
+    "compute_band_stats",
+    "detect_format",
+    "normalize_band_name",
+]
+
+
+class PretrainDataError(ValueError):
+    """Bad pretraining input: the message names the file and what is wrong."""
+
+
+def normalize_band_name(name: str) -> str:
+    """``"B1"``/``"b01"``/``"B8a"`` -> ``"B01"``/``"B01"``/``"B8A"``; other names upper-cased."""
+    m = re.fullmatch(r"[Bb]0*(\d{1,2})([Aa]?)", name.strip())
+    if not m:
+        return name.strip().upper()
+    return f"B{int(m.group(1)):02d}{m.group(2).upper()}"
+
+
+def parse_date(text: str) -> str | None:
+    """The first ``YYYYMMDD`` or ``YYYY-MM-DD`` date in ``text`` as ``"YYYYMMDD"``, else None."""
+    for pattern in _DATE_PATTERNS:
+        m = pattern.search(text)
+        if m and 1 <= int(m.group(2)) <= 12 and 1 <= int(m.group(3)) <= 31:
+            return "".join(m.groups())
+    return None
+
+
+# ---------------------------------------------------------------------------------- sources
+class RasterSource:
+    """One raster of one scene at one date, read by windows.
+
+    Subclasses set ``name`` (for messages), ``scene``, ``date``, ``shape`` (H, W), ``bands``
+    (names of the bands ``read`` returns, in order), ``nodata``, ``transform``, ``crs``.
+    """
+
+    name: str
+    scene: str
+    date: str | None
+    shape: tuple[int, int]
+    bands: tuple[str, ...]
+    nodata: float | None = None
+    transform: rasterio.Affine | None = None
+    crs: rasterio.crs.CRS | None = None
+
+    def read(self, window: Window) -> np.ndarray:
+        """Raw values float32 (C, window.height, window.width)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, scene={self.scene!r}, date={self.date})"
+
+
+def _select_band_indexes(
+    available: Sequence[str], wanted: Sequence[str] | None, where: str
+) -> list[int]:
+    """0-based positions of ``wanted`` bands among ``available`` (normalised names)."""
+    if wanted is None:
+        return list(range(len(available)))
+    norm = [normalize_band_name(b) for b in available]
+    idx = []
+    for band in wanted:
+        nb = normalize_band_name(band)
+        if nb not in norm:
+            raise PretrainDataError(
+                f"{where}: band {band} not found (bands here: {', '.join(available)})"
+            )
+        idx.append(norm.index(nb))
+    return idx
+
+
+class GeoTiffSource(RasterSource):
+    """A multi-band GeoTIFF (one scene, one date).
+
+    Bands are matched by their descriptions (``B02``, ``B8A``, ...). A file without band
+    descriptions is taken to hold ``default_bands`` in order when its band count matches.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        scene: str,
+        date: str | None = None,
+        bands: Sequence[str] | None = None,
+        default_bands: Sequence[str] = SENTINEL2_L1C.bands,
+        nodata: float | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.name = str(self.path)
+        self.scene, self.date = scene, date
+        try:
+            with rasterio.open(self.path) as src:
+                descriptions = list(src.descriptions)
+                count, self.shape = src.count, (src.height, src.width)
+                self.transform, self.crs = src.transform, src.crs
+                self.nodata = src.nodata if nodata is None else nodata
+        except rasterio.errors.RasterioIOError as exc:
+            raise PretrainDataError(f"{self.path}: not a readable raster ({exc})") from exc
+        if all(descriptions):
+            names = descriptions
+        elif count == len(default_bands):
+            names = list(default_bands)
+        elif bands is None:
+            names = [f"band{i + 1}" for i in range(count)]
+        else:
+            raise PretrainDataError(
+                f"{self.path}: {count} bands without descriptions; cannot find bands "
+                f"{', '.join(bands)} (name them in the file or pass bands matching its count)"
+            )
+        self._indexes = [i + 1 for i in _select_band_indexes(names, bands, str(self.path))]
+        self.bands = tuple(names[i - 1] for i in self._indexes)
+        self._handle: rasterio.io.DatasetReader | None = None
+
+    def __getstate__(self) -> dict:
+        # Open handles do not cross process boundaries (DataLoader workers reopen them).
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state
+
+    def read(self, window: Window) -> np.ndarray:
+        if self._handle is None or self._handle.closed:
+            self._handle = rasterio.open(self.path)
+        return self._handle.read(self._indexes, window=window).astype(np.float32, copy=False)
+
+
+class BandFilesSource(RasterSource):
+    """One acquisition stored as one single-band GeoTIFF per band (SSL4EO-S12, SeCo).
+
+    The grid is that of the finest band (most pixels); coarser bands are resampled bilinearly
+    onto it by windowed reads with a fractional source window (same footprint).
+    """
+
+    def __init__(
+        self,
+        band_paths: dict[str, Path],
+        scene: str,
+        date: str | None,
+        name: str,
+        bands: Sequence[str] | None = None,
+        nodata: float | None = None,
+    ) -> None:
+        self.name, self.scene, self.date = name, scene, date
+        available = list(band_paths)
+        idx = _select_band_indexes(available, bands, name)
+        self.bands = tuple(normalize_band_name(available[i]) for i in idx)
+        self._paths = [band_paths[available[i]] for i in idx]
+        shapes = []
+        for p in self._paths:
+            try:
+                with rasterio.open(p) as src:
+                    shapes.append((src.height, src.width))
+                    if src.nodata is not None and nodata is None:
+                        nodata = src.nodata
+            except rasterio.errors.RasterioIOError as exc:
+                raise PretrainDataError(f"{p}: not a readable raster ({exc})") from exc
+        ref = int(np.argmax([h * w for h, w in shapes]))
+        self._shapes = shapes
+        self.shape = shapes[ref]
+        with rasterio.open(self._paths[ref]) as src:
+            self.transform, self.crs = src.transform, src.crs
+        self.nodata = nodata
+        self._handles: list | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = None
+        return state
+
+    def read(self, window: Window) -> np.ndarray:
+        if self._handles is None:
+            self._handles = [rasterio.open(p) for p in self._paths]
+        h, w = int(window.height), int(window.width)
+        out = np.empty((len(self._paths), h, w), np.float32)
+        for i, (src, (bh, bw)) in enumerate(zip(self._handles, self._shapes, strict=True)):
+            if (bh, bw) == self.shape:
+                out[i] = src.read(1, window=window)
+                continue
+            fy, fx = bh / self.shape[0], bw / self.shape[1]
+            src_win = Window(
+                window.col_off * fx, window.row_off * fy, window.width * fx, window.height * fy
+            )
+            out[i] = src.read(1, window=src_win, out_shape=(h, w), resampling=Resampling.bilinear)
+        return out
+
+
+class OSCDSource(RasterSource):
+    """One date of one OSCD city on its common 10 m grid (13 bands, see ``OSCDCity``)."""
+
+    def __init__(self, city, date_index: int, bands: Sequence[str] | None = None) -> None:
+        self.city = city
+        self.date_index = date_index
+        self.name = f"{city.city_dir}/imgs_{date_index}"
+        self.scene = city.name
+        self.date = city.dates[date_index - 1]
+        self.shape = city.shape
+        self.transform, self.crs = city.transform, city.crs
+        self._band_idx = _select_band_indexes(city.bands, bands, self.name)
+        self.bands = tuple(city.bands[i] for i in self._band_idx)
+        self.nodata = 0.0  # Sentinel-2 L1C: DN 0 = no data
+
+    def read(self, window: Window) -> np.ndarray:
+        data = self.city.read(date=self.date_index, window=window)
+        return data if len(self._band_idx) == data.shape[0] else data[self._band_idx]
+
+
+# ---------------------------------------------------------------------------------- builders
+def detect_format(path: str | Path) -> str:
+    """Guess the layout of ``path``: manifest CSV, OSCD, SSL4EO/SeCo or a folder of GeoTIFFs."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "manifest"
+        raise PretrainDataError(f"{path}: a file must be a manifest .csv (path,scene_id[,date])")
+    if not path.is_dir():
+        raise PretrainDataError(f"{path}: no such file or folder")
+    if (path / "Onera Satellite Change Detection dataset - Images").is_dir() or any(
+        (d / "imgs_1").is_dir() for d in path.iterdir() if d.is_dir()
+    ):
+        return "oscd"
+    if any(path.glob("*.tif")) or any(path.glob("*.tiff")):
+        return "folder"
+    root = _ssl4eo_root(path)
+    for loc in sorted(p for p in root.iterdir() if p.is_dir())[:5]:
+        for acq in sorted(p for p in loc.iterdir() if p.is_dir())[:1]:
+            if list(acq.glob("B*.tif")):
+                return "ssl4eo"
+    if any(path.rglob("*.tif")):
+        return "folder"
+    raise PretrainDataError(
+        f"{path}: cannot tell its layout (no OSCD cities, no GeoTIFFs, no "
+        f"<location>/<date>/B*.tif); pass --format"
+    )
+
+
+def _ssl4eo_root(path: Path) -> Path:
+    # SSL4EO-S12 ships s1/, s2a/ (L2A), s2c/ (L1C): the 13-band L1C set is the method's default.
+    for sub in ("s2c", "s2a"):
+        if (path / sub).is_dir():
+            return path / sub
+    return path
+
+
+def sources_from_manifest(
+    csv_path: str | Path, bands: Sequence[str] | None = None, nodata: float | None = None
+) -> list[RasterSource]:
+    """Sources listed in a CSV with header ``path,scene_id[,date]``."""
+    csv_path = Path(csv_path)
+    sources: list[RasterSource] = []
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        if "path" not in fields or "scene_id" not in fields:
+            raise PretrainDataError(
+                f"{csv_path}: manifest needs a header with columns path,scene_id[,date]; "
+                f"found {fields}"
+            )
+        for line_no, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            if not row.get("path"):
+                raise PretrainDataError(f"{csv_path}:{line_no}: empty path")
+            p = Path(row["path"])
+            p = p if p.is_absolute() else csv_path.parent / p
+            if not p.is_file():
+                raise PretrainDataError(f"{csv_path}:{line_no}: raster {p} not found")
+            scene = row.get("scene_id") or p.stem
+            date = row.get("date") or parse_date(p.name)
+            sources.append(GeoTiffSource(p, scene, date, bands=bands, nodata=nodata))
+    if not sources:
+        raise PretrainDataError(f"{csv_path}: the manifest lists no rasters")
+    return sources
+
+
+def sources_from_folder(
+    folder: str | Path, bands: Sequence[str] | None = None, nodata: float | None = None
+) -> list[RasterSource]:
+    """One scene per GeoTIFF found (recursively) under ``folder``."""
+    folder = Path(folder)
+    paths = sorted({*folder.rglob("*.tif"), *folder.rglob("*.tiff")})
+    if not paths:
+        raise PretrainDataError(f"{folder}: no .tif/.tiff files found")
+    return [
+        GeoTiffSource(
+            p, str(p.relative_to(folder).with_suffix("")), parse_date(p.name), bands, nodata=nodata
+        )
+        for p in paths
+    ]
+
+
+def sources_from_oscd(root: str | Path, bands: Sequence[str] | None = None) -> list[RasterSource]:
+    """Both dates of every OSCD city (labelled or not), one scene per city."""
+    from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root, list_oscd_cities
+
+    oscd_root = find_oscd_root(root)
+    cities = list_oscd_cities(oscd_root)
+    if not cities:
+        raise PretrainDataError(f"{root}: no OSCD cities with imgs_1 and imgs_2 found")
+    sources: list[RasterSource] = []
+    for name in cities:
+        city = OSCDCity(oscd_root, name)
+        sources += [OSCDSource(city, 1, bands), OSCDSource(city, 2, bands)]
+    return sources
+
+
+def sources_from_ssl4eo(
+    root: str | Path, bands: Sequence[str] | None = None, nodata: float | None = None
+) -> list[RasterSource]:
+    """SSL4EO-S12 / SeCo: ``<root>[/s2c]/<location>/<acquisition>/<band>.tif``."""
+    base = _ssl4eo_root(Path(root))
+    sources: list[RasterSource] = []
+    for loc in sorted(p for p in base.iterdir() if p.is_dir()):
+        for acq in sorted(p for p in loc.iterdir() if p.is_dir()):
+            band_paths = {
+                normalize_band_name(f.stem): f
+                for f in sorted(acq.glob("*.tif"))
+                if re.fullmatch(r"[Bb]\d{1,2}[Aa]?", f.stem)
+            }
+            if not band_paths:
+                continue
+            # Keep the Sentinel-2 order (B01..B08, B8A, B09..B12) whatever the listing order.
+            order = {b: i for i, b in enumerate(SENTINEL2_L1C.bands)}
+            band_paths = dict(sorted(band_paths.items(), key=lambda kv: order.get(kv[0], 99)))
+            sources.append(
+                BandFilesSource(
+                    band_paths, loc.name, parse_date(acq.name), str(acq), bands, nodata=nodata
+                )
+            )
+    if not sources:
+        raise PretrainDataError(f"{base}: no <location>/<acquisition>/B*.tif band files found")
+    return sources
+
+
+def build_sources(
+    path: str | Path,
+    fmt: str = "auto",
+    bands: Sequence[str] | None = None,
+    nodata: float | None = None,
+) -> list[RasterSource]:
+    """All rasters of a pretraining archive in layout ``fmt`` (see :data:`FORMATS`)."""
+    if fmt not in FORMATS:
+        raise PretrainDataError(f"unknown --format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "auto":
+        fmt = detect_format(path)
+        logger.info("%s: detected format %s", path, fmt)
+    if not Path(path).exists():
+        raise PretrainDataError(f"{path}: no such file or folder")
+    if fmt == "manifest":
+        return sources_from_manifest(path, bands, nodata)
+    if fmt == "folder":
+        return sources_from_folder(path, bands, nodata)
+    if fmt == "oscd":
+        return sources_from_oscd(path, bands)
+    return sources_from_ssl4eo(path, bands, nodata)
+
+
+# ---------------------------------------------------------------------------------- dataset
+@dataclass
+class _Pairing:
+    """For temporal views: sources of the same scene at other dates, per source index."""
+
+    partners: dict[int, list[int]] = field(default_factory=dict)
+
+
+class PretrainWindowDataset(Dataset):
+    """Random square windows from a list of :class:`RasterSource`.
+
+    Args:
+        sources: the rasters; those smaller than ``window_size`` are skipped with a warning.
+        window_size: side w (pixels) of the windows read.
+        samples_per_epoch: dataset length; default = the number of non-overlapping windows in
+            all sources (at least one per source).
+        temporal: view2 from another date of the same scene (temporal positives).
+        input_scale: multiplies raw values (Sentinel-2 L1C DN / 10000 by default).
+        max_nodata_fraction: windows with more nodata pixels than this are redrawn.
+        scene_grid: if > 0, split each raster into scenes of ``scene_grid`` x ``scene_grid``
+            pixels (the scene of a window is the cell of its centre).
+        seed: windows are a deterministic function of (seed, epoch, index), so every process
+            and worker draws different, reproducible windows.
+
+    ``scene_names`` lists the scene of each integer ``scene_id`` (sorted names, or
+    ``name/rRcC`` cells with ``scene_grid``).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[RasterSource],
+        window_size: int = 64,
+        samples_per_epoch: int | None = None,
+        temporal: bool = False,
+        input_scale: float = SENTINEL2_L1C.input_scale,
+        max_nodata_fraction: float = 0.5,
+        scene_grid: int = 0,
+        seed: int = 0,
+        max_tries: int = 20,
+    ) -> None:
+        if window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {window_size}")
+        usable = []
+        for s in sources:
+            if s.shape[0] < window_size or s.shape[1] < window_size:
+                logger.warning(
+                    "%s: %s px is smaller than the %d px window; skipped",
+                    s.name,
+                    s.shape,
+                    window_size,
+                )
+            else:
+                usable.append(s)
+        if not usable:
+            names = ", ".join(f"{s.name} {s.shape}" for s in sources[:5])
+            raise PretrainDataError(
+                f"no raster is at least {window_size} x {window_size} px ({names}); "
+                "use a smaller --crop-size/--window-size"
+            )
+        band_sets = {s.bands for s in usable}
+        if len(band_sets) > 1:
+            raise PretrainDataError(
+                "the rasters do not all provide the same bands: "
+                + "; ".join(f"{s.name}: {','.join(s.bands)}" for s in usable[:4])
+            )
+        self.sources = list(usable)
+        self.bands = usable[0].bands
+        self.window_size = window_size
+        self.temporal = temporal
+        self.input_scale = input_scale
+        self.max_nodata_fraction = max_nodata_fraction
+        self.scene_grid = scene_grid
+        self.seed = seed
+        self.max_tries = max_tries
+        self.epoch = 0
+
+        # Source choice proportional to area, so every pixel is equally likely.
+        areas = np.array([s.shape[0] * s.shape[1] for s in self.sources], dtype=np.float64)
+        self._source_p = areas / areas.sum()
+        n_windows = sum(
+            max(1, (s.shape[0] // window_size) * (s.shape[1] // window_size)) for s in self.sources
+        )
+        self.samples_per_epoch = int(samples_per_epoch or n_windows)
+
+        if scene_grid > 0:
+            names = set()
+            for s in self.sources:
+                for r in range(0, s.shape[0], scene_grid):
+                    for c in range(0, s.shape[1], scene_grid):
+                        names.add(self._cell_name(s.scene, r, c))
+            self.scene_names = sorted(names)
+        else:
+            self.scene_names = sorted({s.scene for s in self.sources})
+        self._scene_index = {n: i for i, n in enumerate(self.scene_names)}
+
+        by_scene: dict[str, list[int]] = defaultdict(list)
+        for i, s in enumerate(self.sources):
+            by_scene[s.scene].append(i)
+        self._partners = {
+            i: [j for j in by_scene[s.scene] if self.sources[j].date != s.date]
+            for i, s in enumerate(self.sources)
+        }
+        if temporal and not any(self._partners.values()):
+            logger.warning(
+                "temporal views asked for, but no scene has two dates: "
+                "falling back to two augmentations of one window"
+            )
+
+    def _cell_name(self, scene: str, row: int, col: int) -> str:
+        g = self.scene_grid
+        return f"{scene}/r{row // g}c{col // g}"
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a new set of windows (called at the start of each epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def _nodata_fraction(self, data: np.ndarray, nodata: float | None) -> float:
+        invalid = np.isnan(data).any(axis=0)
+        fill = 0.0 if nodata is None else nodata
+        invalid |= (data == fill).all(axis=0)
+        return float(invalid.mean())
+
+    def _partner_window(self, src: RasterSource, dst: RasterSource, win: Window) -> Window | None:
+        """The window of ``dst`` covering the ground of ``win`` in ``src`` (None if impossible)."""
+        if src.transform == dst.transform and src.shape == dst.shape:
+            return win
+        if src.transform is not None and src.transform == dst.transform:
+            fits = (
+                win.row_off + win.height <= dst.shape[0] and win.col_off + win.width <= dst.shape[1]
+            )
+            return win if fits else None
+        if src.crs is None or dst.crs is None or src.crs != dst.crs or src.transform is None:
+            return None
+        b = window_bounds(win, src.transform)
+        w2 = from_bounds(*b, transform=dst.transform)
+        r0, c0 = int(round(w2.row_off)), int(round(w2.col_off))
+        if r0 < 0 or c0 < 0 or r0 + win.height > dst.shape[0] or c0 + win.width > dst.shape[1]:
+            return None
+        return Window(c0, r0, win.width, win.height)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        w = self.window_size
+        tried: list[str] = []
+        for _ in range(self.max_tries):
+            si = int(rng.choice(len(self.sources), p=self._source_p))
+            src = self.sources[si]
+            r0 = int(rng.integers(0, src.shape[0] - w + 1))
+            c0 = int(rng.integers(0, src.shape[1] - w + 1))
+            win = Window(c0, r0, w, w)
+            view1 = src.read(win)
+            if self._nodata_fraction(view1, src.nodata) > self.max_nodata_fraction:
+                tried.append(f"{src.name} rows {r0}:{r0 + w} cols {c0}:{c0 + w}")
+                continue
+            view2, date2 = view1, src.date
+            if self.temporal and self._partners[si]:
+                dj = self._partners[si][int(rng.integers(len(self._partners[si])))]
+                dst = self.sources[dj]
+                win2 = self._partner_window(src, dst, win)
+                if win2 is not None:
+                    cand = dst.read(win2)
+                    if self._nodata_fraction(cand, dst.nodata) <= self.max_nodata_fraction:
+                        view2, date2 = cand, dst.date
+            scene = (
+                self._cell_name(src.scene, r0 + w // 2, c0 + w // 2)
+                if self.scene_grid > 0
+                else src.scene
+            )
+            s = self.input_scale
+            return {
+                "view1": torch.from_numpy(np.nan_to_num(view1) * s),
+                "view2": torch.from_numpy(np.nan_to_num(view2) * s),
+                "scene_id": torch.tensor(self._scene_index[scene], dtype=torch.long),
+                "date1": src.date or "",
+                "date2": date2 or "",
+                "source": si,
+            }
+        raise PretrainDataError(
+            f"{self.max_tries} windows in a row were more than {self.max_nodata_fraction:.0%} "
+            f"nodata (last: {tried[-1]}); check the rasters' nodata or --max-nodata-fraction"
+        )
+
+
+def compute_band_stats(
+    dataset: PretrainWindowDataset, num_samples: int = 64
+) -> tuple[list[float], list[float]]:
+    """Per-band mean and std (of scaled values) over the valid pixels of ``num_samples`` windows.
+
+    Uses the first windows of epoch 0, so every process computes the same numbers.
+    """
+    saved_epoch = dataset.epoch
+    dataset.set_epoch(0)
+    total = np.zeros(len(dataset.bands))
+    total_sq = np.zeros(len(dataset.bands))
+    count = 0
+    try:
+        for i in range(min(num_samples, len(dataset))):
+            x = dataset[i]["view1"].numpy().astype(np.float64)
+            valid = ~(x == 0).all(axis=0)
+            px = x[:, valid]
+            total += px.sum(axis=1)
+            total_sq += (px**2).sum(axis=1)
+            count += px.shape[1]
+    finally:
+        dataset.set_epoch(saved_epoch)
+    if count == 0:
+        raise PretrainDataError("no valid pixels found to compute band statistics")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return mean.tolist(), std.tolist()

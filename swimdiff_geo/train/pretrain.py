@@ -1,0 +1,505 @@
+"""SwiMDiff pretraining with Lightning: config, LightningModule, callbacks and ``pretrain()``.
+
+``pretrain(PretrainConfig(data=..., out=...))`` trains and leaves in ``out``:
+
+- ``last.ckpt``: Lightning checkpoint (step, optimizer, LR schedule, model with EMA key encoder,
+  queue keys + scene ids, band statistics); ``--resume`` continues from it.
+- ``encoder.pt``: the query encoder's plain state_dict (torchvision keys), rewritten at every
+  checkpoint; load with ``torch.load(p, weights_only=True)`` or ``build_encoder(init_weights=p)``.
+- ``encoder.json``: what the encoder expects (architecture, bands, input scale, band mean/std).
+- ``metrics.csv``: step, epoch, loss, loss_c, loss_d, lr, ... every ``log_every`` steps.
+- ``config.yaml``: the resolved configuration (computed band statistics, queue size, lr).
+
+Several GPUs / nodes: Lightning DDP (``--devices``, ``--num-nodes``; torchrun and SLURM are
+detected by Lightning). Keys and scene ids are all-gathered inside the model before the loss and
+before enqueueing. On CPU the same code runs with the gloo backend.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from torch.utils.data import DataLoader
+
+from swimdiff_geo.bands import get_band_spec
+from swimdiff_geo.data.augment import AugmentConfig, PretrainAugmentation
+from swimdiff_geo.data.pretrain import (
+    PretrainWindowDataset,
+    build_sources,
+    compute_band_stats,
+)
+from swimdiff_geo.models.swimdiff import SwiMDiff
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PretrainConfig", "SwiMDiffPretrainModule", "effective_queue_size", "pretrain"]
+
+
+@dataclass
+class PretrainConfig:
+    """Every pretraining option; the CLI flags are these names with dashes.
+
+    Defaults are the method page's (PAPER / OURS); see docs/pretraining.md.
+    """
+
+    data: str = ""
+    out: str = ""
+    format: str = "auto"
+    # bands and scaling
+    band_spec: str = "sentinel2_l1c"
+    bands: list[str] | None = None
+    input_scale: float | None = None
+    nodata: float | None = None
+    band_mean: list[float] | None = None
+    band_std: list[float] | None = None
+    stats_samples: int = 64
+    standardize_input: bool = False
+    # sampling and views
+    crop_size: int = 64
+    window_size: int | None = None
+    samples_per_epoch: int | None = None
+    temporal: bool = False
+    max_nodata_fraction: float = 0.5
+    scene_grid: int = 0
+    rrc_scale: tuple[float, float] = (0.5, 1.0)
+    brightness: float = 0.2
+    contrast: float = 0.2
+    jitter_p: float = 0.8
+    blur_p: float = 0.5
+    rot90_p: float = 0.5
+    # model
+    arch: str = "resnet18"
+    init_weights: str | None = None
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    queue_size: int = 16384
+    momentum: float = 0.99
+    swm_mode: str = "soft"
+    tau: float = 0.2
+    tau_prime: float = 0.1
+    alpha: float = 0.5
+    lambda_c: float = 1.0
+    lambda_d: float = 1.0
+    diffusion_steps: int = 1000
+    noise_schedule: str = "linear"
+    cond_mode: str = "multiscale"
+    cond_fusion: str = "add"
+    unet_channels: int = 32
+    # optimisation
+    batch_size: int = 16
+    lr: float | None = None
+    base_lr: float = 0.03
+    weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9
+    warmup_steps: int = 0
+    max_steps: int = -1
+    max_epochs: int | None = None
+    # hardware and bookkeeping
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    sync_batchnorm: bool = True
+    num_workers: int = 2
+    checkpoint_every: int = 100
+    log_every: int = 10
+    resume: str | None = None
+    seed: int = 0
+    progress_bar: bool = True
+    # filled in by pretrain()
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> PretrainConfig:
+        """Build from a mapping with dashed or underscored keys; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        clean = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(clean) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}")
+        if isinstance(clean.get("bands"), str):
+            clean["bands"] = [b for b in clean["bands"].replace(" ", "").split(",") if b]
+        if "rrc_scale" in clean and clean["rrc_scale"] is not None:
+            clean["rrc_scale"] = tuple(float(v) for v in clean["rrc_scale"])
+        if "devices" in clean:
+            clean["devices"] = str(clean["devices"])
+        return cls(**clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rrc_scale"] = list(self.rrc_scale)
+        return d
+
+    def validate(self) -> None:
+        """Raise ValueError with the offending option's name."""
+        if not self.data:
+            raise ValueError("--data is required")
+        if not self.out:
+            raise ValueError("--out is required")
+        if self.crop_size < 8:
+            raise ValueError(f"--crop-size must be >= 8 pixels, got {self.crop_size}")
+        if self.batch_size < 2:
+            raise ValueError(
+                f"--batch-size must be >= 2 (contrastive learning), got {self.batch_size}"
+            )
+        if self.max_steps <= 0 and self.max_epochs is None:
+            raise ValueError("give --max-steps or --max-epochs")
+        if not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
+            raise ValueError(f"--rrc-scale must satisfy 0 < min <= max <= 1, got {self.rrc_scale}")
+        if (self.band_mean is None) != (self.band_std is None):
+            raise ValueError("give both --band-mean and --band-std, or neither")
+
+
+def effective_queue_size(requested: int, samples_per_epoch: int, global_batch: int) -> int:
+    """The queue length actually used: at most one epoch of keys (OURS).
+
+    On tiny archives a 16384-key queue would hold many stale copies of the same windows; the
+    queue is therefore shrunk to ``samples_per_epoch`` rounded down to whole global batches
+    (never below one global batch).
+    """
+    epoch_keys = max(global_batch, (samples_per_epoch // global_batch) * global_batch)
+    return max(1, min(requested, epoch_keys))
+
+
+class SwiMDiffPretrainModule(L.LightningModule):
+    """LightningModule around :class:`SwiMDiff`; ``config`` is a :class:`PretrainConfig` dict."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        cfg = PretrainConfig.from_dict(config)
+        res = cfg.resolved
+        self.cfg = cfg
+        self.model = SwiMDiff(
+            arch=cfg.arch,
+            in_channels=len(res["bands"]),
+            band_mean=res["band_mean"],
+            band_std=res["band_std"],
+            standardize_input=cfg.standardize_input,
+            proj_hidden=cfg.proj_hidden,
+            proj_dim=cfg.proj_dim,
+            queue_size=res["queue_size"],
+            momentum=cfg.momentum,
+            swm_mode=cfg.swm_mode,
+            tau=cfg.tau,
+            tau_prime=cfg.tau_prime,
+            alpha=cfg.alpha,
+            lambda_c=cfg.lambda_c,
+            lambda_d=cfg.lambda_d,
+            diffusion_steps=cfg.diffusion_steps,
+            noise_schedule=cfg.noise_schedule,
+            cond_mode=cfg.cond_mode,
+            cond_fusion=cfg.cond_fusion,
+            unet_base_channels=cfg.unet_channels,
+            init_weights=cfg.init_weights if not cfg.resume else None,
+        )
+        self.augment = PretrainAugmentation(
+            AugmentConfig(
+                crop_size=cfg.crop_size,
+                rrc_scale=tuple(cfg.rrc_scale),
+                brightness=cfg.brightness,
+                contrast=cfg.contrast,
+                jitter_p=cfg.jitter_p,
+                blur_p=cfg.blur_p,
+                rot90_p=cfg.rot90_p,
+            )
+        )
+
+    def on_fit_start(self) -> None:
+        # seed_everything gives every process the same seed: offset it so that processes draw
+        # different augmentations and diffusion noise.
+        torch.manual_seed(self.cfg.seed + 1 + self.global_rank)
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if isinstance(dataset, PretrainWindowDataset):
+            dataset.set_epoch(self.current_epoch)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.trainer is not None and self.trainer.training:
+            batch["view1"] = self.augment(batch["view1"])
+            batch["view2"] = self.augment(batch["view2"])
+        return batch
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.model(batch["view1"], batch["view2"], batch["scene_id"])
+        n = batch["view1"].shape[0]
+        self.log("loss", out.loss.detach(), prog_bar=True, batch_size=n)
+        self.log("loss_c", out.loss_c, prog_bar=True, batch_size=n)
+        if out.loss_d is not None:
+            self.log("loss_d", out.loss_d, prog_bar=True, batch_size=n)
+        self.log("false_neg_per_query", out.false_negatives_per_query, batch_size=n)
+        self.log("pos_sim", out.positive_similarity, batch_size=n)
+        self.log("queue_filled", self.model.queue_valid.float().mean(), batch_size=n)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=n)
+        return out.loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        lr = self.cfg.resolved["lr"]
+        opt = torch.optim.SGD(
+            params, lr=lr, momentum=self.cfg.sgd_momentum, weight_decay=self.cfg.weight_decay
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.cfg.warmup_steps
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class EncoderExport(Callback):
+    """Writes ``encoder.pt`` (+ ``encoder.json``) whenever a checkpoint is saved and at the end."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def _write(self, trainer: L.Trainer, module: SwiMDiffPretrainModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        enc = module.model.encoder_q
+        state = {k: v.detach().cpu().clone() for k, v in enc.state_dict().items()}
+        tmp = self.out / "encoder.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / "encoder.pt")
+        res = module.cfg.resolved
+        meta = {
+            "arch": module.cfg.arch,
+            "in_channels": enc.in_channels,
+            "stage_channels": list(enc.stage_channels),
+            "bands": list(res["bands"]),
+            "input_scale": res["input_scale"],
+            "input_standardized": module.cfg.standardize_input,
+            "band_mean": res["band_mean"],
+            "band_std": res["band_std"],
+            "global_step": int(trainer.global_step),
+        }
+        (self.out / "encoder.json").write_text(json.dumps(meta, indent=2))
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._write(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+
+class MetricsCSV(Callback):
+    """Appends the logged metrics to ``metrics.csv`` every ``every`` steps (rank 0 only)."""
+
+    COLUMNS = (
+        "step",
+        "epoch",
+        "loss",
+        "loss_c",
+        "loss_d",
+        "false_neg_per_query",
+        "pos_sim",
+        "queue_filled",
+        "lr",
+    )
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = path, max(1, every)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or (step % self.every and step != trainer.max_steps):
+            return
+        m = trainer.callback_metrics
+        row = {"step": step, "epoch": trainer.current_epoch}
+        for k in self.COLUMNS[2:]:
+            row[k] = f"{float(m[k]):.6g}" if k in m else ""
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _parse_devices(devices: str | int) -> str | int | list[int]:
+    text = str(devices).strip()
+    if text.isdigit() or (text.startswith("-") and text[1:].isdigit()):
+        return int(text)
+    if "," in text:
+        return [int(d) for d in text.split(",") if d.strip()]
+    return text
+
+
+def _collate(batch: list[dict]) -> dict:
+    return {
+        "view1": torch.stack([b["view1"] for b in batch]),
+        "view2": torch.stack([b["view2"] for b in batch]),
+        "scene_id": torch.stack([b["scene_id"] for b in batch]),
+        "date1": [b["date1"] for b in batch],
+        "date2": [b["date2"] for b in batch],
+        "source": torch.tensor([b["source"] for b in batch]),
+    }
+
+
+def _resolve_resume(cfg: PretrainConfig, out: Path) -> str | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        last = out / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(cfg.resume).is_file():
+        raise FileNotFoundError(f"--resume {cfg.resume}: checkpoint not found")
+    return cfg.resume
+
+
+def build_dataset(cfg: PretrainConfig) -> tuple[PretrainWindowDataset, dict[str, Any]]:
+    """The window dataset of ``cfg`` and the band settings it resolves to."""
+    spec = get_band_spec(cfg.band_spec)
+    bands = list(cfg.bands) if cfg.bands else list(spec.bands)
+    input_scale = spec.input_scale if cfg.input_scale is None else cfg.input_scale
+    sources = build_sources(cfg.data, cfg.format, bands, cfg.nodata)
+    dataset = PretrainWindowDataset(
+        sources,
+        window_size=cfg.window_size or cfg.crop_size,
+        samples_per_epoch=cfg.samples_per_epoch,
+        temporal=cfg.temporal,
+        input_scale=input_scale,
+        max_nodata_fraction=cfg.max_nodata_fraction,
+        scene_grid=cfg.scene_grid,
+        seed=cfg.seed,
+    )
+    return dataset, {"bands": list(dataset.bands), "input_scale": input_scale}
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Run SwiMDiff pretraining as configured; returns the output folder (see module doc)."""
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    resume = _resolve_resume(cfg, out)
+
+    dataset, band_info = build_dataset(cfg)
+    saved: dict[str, Any] = {}
+    if resume:
+        # The checkpoint's band statistics and queue size define its buffers: reuse them.
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        saved = ckpt.get("hyper_parameters", {}).get("config", {}).get("resolved", {})
+
+    accelerator = cfg.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    devices = _parse_devices(cfg.devices)
+    multi = cfg.num_nodes > 1 or (devices not in ("auto", 1, [0]) and devices != 0)
+    sync_bn = cfg.sync_batchnorm and accelerator != "cpu"
+    if multi and accelerator == "cpu":
+        logger.warning(
+            "CPU DDP (gloo): BatchNorm statistics are per process (SyncBatchNorm "
+            "needs GPUs); negatives and false-negative masks are still global"
+        )
+
+    callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=out,
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=max(1, cfg.checkpoint_every),
+            save_on_train_epoch_end=True,
+        ),
+        EncoderExport(out),
+        MetricsCSV(out / "metrics.csv", cfg.log_every),
+    ]
+    if cfg.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=cfg.num_nodes,
+        strategy="ddp" if multi else "auto",
+        precision=cfg.precision,
+        sync_batchnorm=sync_bn,
+        max_steps=cfg.max_steps,
+        max_epochs=cfg.max_epochs
+        if cfg.max_epochs is not None
+        else (-1 if cfg.max_steps > 0 else None),
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        log_every_n_steps=max(1, cfg.log_every),
+        deterministic=False,
+    )
+    global_batch = cfg.batch_size * trainer.world_size
+    if len(dataset) < global_batch:
+        raise ValueError(
+            f"{cfg.data}: {len(dataset)} windows per epoch is less than one global batch "
+            f"({global_batch}); raise --samples-per-epoch or lower --batch-size"
+        )
+
+    if saved:
+        band_mean, band_std = saved["band_mean"], saved["band_std"]
+        queue_size = saved["queue_size"]
+    elif cfg.band_mean is not None:
+        band_mean, band_std = list(cfg.band_mean), list(cfg.band_std or [])
+        queue_size = effective_queue_size(cfg.queue_size, len(dataset), global_batch)
+    else:
+        band_mean, band_std = compute_band_stats(dataset, cfg.stats_samples)
+        queue_size = effective_queue_size(cfg.queue_size, len(dataset), global_batch)
+    if len(band_mean) != len(band_info["bands"]) or len(band_std) != len(band_info["bands"]):
+        raise ValueError(
+            f"band_mean/band_std have {len(band_mean)}/{len(band_std)} values for "
+            f"{len(band_info['bands'])} bands ({','.join(band_info['bands'])})"
+        )
+    lr = cfg.lr if cfg.lr is not None else cfg.base_lr * global_batch / 256
+    cfg.resolved = {
+        **band_info,
+        "band_mean": [float(v) for v in band_mean],
+        "band_std": [float(v) for v in band_std],
+        "queue_size": int(queue_size),
+        "lr": float(lr),
+        "global_batch": int(global_batch),
+        "world_size": int(trainer.world_size),
+        "samples_per_epoch": len(dataset),
+        "num_scenes": len(dataset.scene_names),
+        "resumed_from": resume,
+    }
+    if trainer.is_global_zero:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    logger.info(
+        "pretraining: %d windows/epoch from %d rasters, %d scenes, queue %d, lr %.4g",
+        len(dataset),
+        len(dataset.sources),
+        len(dataset.scene_names),
+        queue_size,
+        lr,
+    )
+
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,  # all_gather needs the same batch size on every process
+        num_workers=cfg.num_workers,
+        collate_fn=_collate,
+        persistent_workers=False,  # workers are re-created each epoch and see set_epoch()
+        pin_memory=accelerator == "gpu",
+    )
+    module = SwiMDiffPretrainModule(cfg.to_dict())
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+    return out
