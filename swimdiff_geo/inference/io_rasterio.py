@@ -210,6 +210,10 @@ class RasterioBackend:
             )
         except (RasterioError, OSError) as exc:
             raise OutputError(f"{dst_path}: cannot write Cloud-Optimized GeoTIFF: {exc}") from exc
+        if spec.category_names:
+            # rasterio cannot set category names; GDAL (and so QGIS) reads them from a PAM
+            # sidecar, which the output transaction moves along with the file.
+            write_category_names_sidecar(dst_path, spec.category_names)
 
     def write_polygons(self, path: str, layer: PolygonLayer) -> None:
         import fiona
@@ -277,3 +281,15 @@ def _py(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None
     return value
+
+
+def write_category_names_sidecar(raster_path: str, names: Sequence[str]) -> None:
+    """Write ``raster_path``.aux.xml holding band 1's category names (index = pixel value)."""
+    from xml.sax.saxutils import escape
+
+    categories = "".join(f"<Category>{escape(n)}</Category>" for n in names)
+    with open(raster_path + ".aux.xml", "w", encoding="utf-8") as fh:
+        fh.write(
+            '<PAMDataset><PAMRasterBand band="1"><CategoryNames>'
+            f"{categories}</CategoryNames></PAMRasterBand></PAMDataset>\n"
+        )
