@@ -1,0 +1,1019 @@
+"""Many change / land-cover jobs from one manifest: validation, done-markers, report, execution.
+
+A manifest (CSV or YAML) lists one job per row. Each job writes into ``OUTDIR/<job_id>/`` exactly
+what the single-job command writes, through the same job functions the CLI calls
+(:func:`~swimdiff_geo.inference.change.detect_change`,
+:func:`~swimdiff_geo.inference.landcover.map_landcover`).
+
+Resumability rests on one rule: a job is done if and only if ``OUTDIR/<job_id>/.done.json`` is
+valid, i.e. it parses, its fingerprint (input and model sizes and mtimes, task, options) equals the
+job's current fingerprint, and every output it lists exists. The marker is written atomically
+(temporary file, fsync, ``os.replace``) only after the engine has renamed every output into
+place, so a ``kill -9`` at any moment leaves either a valid marker over complete outputs or a
+folder without one, which the next run wipes and recomputes.
+
+Jobs run in this process (``workers=1``), in a pool of spawned processes (``workers>1``) or as one
+task each on a Dask distributed cluster (``scheduler=ADDRESS``; the ``distributed`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import datetime as _dt
+import inspect
+import json
+import math
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .inference.errors import SwimdiffError
+
+MARKER_NAME = ".done.json"
+REPORT_NAME = "batch_report.csv"
+LOCK_NAME = ".batch.lock"
+MARKER_FORMAT = 1
+
+STATUS_DONE = "done"
+STATUS_SKIPPED = "skipped_done"
+STATUS_FAILED = "failed"
+STATUS_PENDING = "pending"  # only in the report of a run that was interrupted
+
+REPORT_COLUMNS = [
+    "job_id",
+    "task",
+    "status",
+    "runtime_s",
+    "changed_area_ha",
+    "changed_percent",
+    "class_areas_ha",
+    "error",
+    "output_dir",
+    "finished_at",
+]
+
+# Option fields set for the whole batch (or by it), never per job.
+BATCH_WIDE_FIELDS = {
+    "threads": "is set for the whole batch with --threads",
+    "overwrite": "is implied: a job without a valid done-marker is always redone with overwrite",
+    "read_ahead": "is an engine internal",
+}
+BASE_COLUMNS = ("job_id", "task", "image", "image_b")
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ManifestError(SwimdiffError):
+    """The manifest is unreadable or invalid; the message lists every problem found."""
+
+
+class BatchError(SwimdiffError):
+    """The batch as a whole cannot run (output folder locked, scheduler unreachable, ...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """How one ``task`` value of the manifest maps onto an engine job function."""
+
+    name: str  # "change" | "landcover"
+    model_type: str  # the contract's model_type of its default model
+    image_columns: tuple[str, ...]  # manifest columns holding the input rasters, in call order
+    options_cls: type
+    outputs_cls: type
+    run: Callable[..., dict[str, Any]]
+
+    def option_fields(self) -> dict[str, dataclasses.Field]:
+        return {
+            f.name: f
+            for f in dataclasses.fields(self.options_cls)
+            if f.name not in BATCH_WIDE_FIELDS
+        }
+
+    def layout_flags(self) -> dict[str, bool]:
+        """Boolean keyword arguments of ``outputs_cls.in_dir`` (e.g. ``polygons``): columns too."""
+        params = inspect.signature(self.outputs_cls.in_dir).parameters
+        return {
+            name: p.default
+            for name, p in params.items()
+            if name not in ("cls", "out_dir") and isinstance(p.default, bool)
+        }
+
+
+def task_kinds() -> dict[str, TaskKind]:
+    """The tasks this installation can run (land cover once its engine module is present)."""
+    from .inference.change import ChangeOptions, ChangeOutputs, detect_change
+
+    kinds = {
+        "change": TaskKind(
+            "change",
+            "change_detection",
+            ("image", "image_b"),
+            ChangeOptions,
+            ChangeOutputs,
+            detect_change,
+        )
+    }
+    try:
+        from .inference.landcover import LandcoverOptions, LandcoverOutputs, map_landcover
+    except ImportError:  # pragma: no cover - only while the land-cover engine is absent
+        return kinds
+    kinds["landcover"] = TaskKind(
+        "landcover", "segmentation", ("image",), LandcoverOptions, LandcoverOutputs, map_landcover
+    )
+    return kinds
+
+
+# --------------------------------------------------------------------------------------------
+# The manifest
+
+
+@dataclass(frozen=True)
+class Job:
+    """One validated manifest row. Paths are absolute; ``options`` holds parsed option values."""
+
+    job_id: str
+    task: str
+    images: tuple[str, ...]  # absolute paths, in the job function's argument order
+    options: dict[str, Any] = field(default_factory=dict)  # option field -> value (set ones)
+    layout: dict[str, bool] = field(default_factory=dict)  # in_dir flags, e.g. polygons
+    source: str = ""  # "jobs.csv row 3" for messages
+
+    @property
+    def kind(self) -> TaskKind:
+        return task_kinds()[self.task]
+
+
+class _Problems:
+    """Collects manifest problems so that one run reports all of them."""
+
+    def __init__(self, manifest: str) -> None:
+        self.manifest = manifest
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(
+            f"{self.manifest}, {where}: {message}" if where else f"{self.manifest}: {message}"
+        )
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            shown = self.items[:20]
+            more = len(self.items) - len(shown)
+            text = "invalid manifest:\n  " + "\n  ".join(shown)
+            if more:
+                text += f"\n  ... and {more} more problems"
+            raise ManifestError(text)
+
+
+def _normalise_column(name: Any) -> str:
+    return str(name).strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def read_manifest_rows(path: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str] | None]:
+    """Raw rows of a CSV or YAML manifest as ``(where, {column: value})``.
+
+    Also returns the CSV header (None for YAML, whose rows each carry their own keys). YAML may be
+    a list of mappings, or a mapping with ``jobs:`` (that list) and optional ``defaults:`` (values
+    every job gets unless it sets its own).
+    """
+    if not os.path.isfile(path):
+        raise ManifestError(f"{path}: manifest not found")
+    suffix = Path(path).suffix.lower()
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read the manifest: {exc}") from exc
+    if suffix in (".yaml", ".yml"):
+        return _yaml_rows(path, text), None
+    if suffix in (".csv", ".txt", ".tsv"):
+        return _csv_rows(path, text, "\t" if suffix == ".tsv" else ",")
+    raise ManifestError(f"{path}: unknown manifest type {suffix!r}; use .csv or .yaml")
+
+
+def _csv_rows(path: str, text: str, delimiter: str):
+    lines = [ln for ln in text.splitlines(keepends=True)]
+    reader = csv.reader(lines, delimiter=delimiter)
+    header: list[str] | None = None
+    rows: list[tuple[str, dict[str, Any]]] = []
+    problems = _Problems(path)
+    for cells in reader:
+        line = reader.line_num
+        if not cells or all(not c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+            continue
+        if header is None:
+            header = [_normalise_column(c) for c in cells]
+            dupes = sorted({c for c in header if header.count(c) > 1})
+            if dupes:
+                problems.add("header", f"column {dupes[0]!r} appears more than once")
+            if any(not c for c in header):
+                problems.add("header", "a column has no name")
+            continue
+        if len(cells) > len(header):
+            problems.add(
+                f"row {len(rows) + 1} (line {line})",
+                f"{len(cells)} cells but the header names {len(header)} columns",
+            )
+            continue
+        cells = cells + [""] * (len(header) - len(cells))
+        values = {h: c.strip() for h, c in zip(header, cells, strict=True) if c.strip() != ""}
+        rows.append((f"row {len(rows) + 1} (line {line})", values))
+    problems.raise_if_any()
+    if header is None:
+        raise ManifestError(f"{path}: the manifest is empty (no header row)")
+    return rows, header
+
+
+def _yaml_rows(path: str, text: str) -> list[tuple[str, dict[str, Any]]]:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+    defaults: dict[str, Any] = {}
+    if isinstance(doc, dict):
+        unknown = sorted(set(doc) - {"jobs", "defaults"})
+        if unknown:
+            raise ManifestError(
+                f"{path}: unknown top-level key {unknown[0]!r}; expected 'jobs' and 'defaults'"
+            )
+        defaults = doc.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise ManifestError(f"{path}: 'defaults' must be a mapping of column: value")
+        doc = doc.get("jobs")
+    if not isinstance(doc, list):
+        raise ManifestError(
+            f"{path}: expected a list of jobs (or a mapping with a 'jobs' list), "
+            f"got {type(doc).__name__}"
+        )
+    rows = []
+    problems = _Problems(path)
+    for i, item in enumerate(doc, start=1):
+        if not isinstance(item, dict):
+            problems.add(f"job {i}", f"expected a mapping of column: value, got {item!r}")
+            continue
+        merged = {_normalise_column(k): v for k, v in defaults.items()}
+        merged.update({_normalise_column(k): v for k, v in item.items()})
+        rows.append((f"job {i}", {k: v for k, v in merged.items() if v is not None and v != ""}))
+    problems.raise_if_any()
+    return rows
+
+
+def load_manifest(path: str) -> list[Job]:
+    """Read and validate a manifest; raises :class:`ManifestError` listing every problem.
+
+    Checks: required columns, known task, job ids unique (case-insensitively: job folders must
+    not collide on case-insensitive file systems) and usable as folder names, option columns known
+    to the task, values of the right type and range. Input files are *not* checked here: a
+    missing or corrupt input fails its own job and the others go on.
+    """
+    rows, header = read_manifest_rows(path)
+    kinds = task_kinds()
+    base = os.path.dirname(os.path.abspath(path))
+    problems = _Problems(path)
+    known_columns = set(BASE_COLUMNS)
+    for kind in kinds.values():
+        known_columns |= set(kind.option_fields()) | set(kind.layout_flags())
+    if header is not None:
+        for column in ("job_id", "task", "image"):
+            if column not in header:
+                problems.add("header", f"missing column {column!r}")
+        for column in header:
+            if column in BATCH_WIDE_FIELDS:
+                problems.add(
+                    f"column {column!r}", f"cannot be set per job: it {BATCH_WIDE_FIELDS[column]}"
+                )
+            elif column not in known_columns:
+                problems.add(f"column {column!r}", _unknown_column_message(column, known_columns))
+        problems.raise_if_any()
+    if not rows:
+        raise ManifestError(f"{path}: the manifest lists no jobs")
+    jobs: list[Job] = []
+    seen: dict[str, str] = {}
+    for where, values in rows:
+        job = _parse_row(where, values, kinds, known_columns, base, problems, header is None)
+        if job is None:
+            continue
+        folded = job.job_id.casefold()
+        if folded in seen:
+            problems.add(
+                f"{where}, column 'job_id'",
+                f"duplicate job_id {job.job_id!r} (first used in {seen[folded]})",
+            )
+            continue
+        seen[folded] = where
+        jobs.append(job)
+    problems.raise_if_any()
+    return jobs
+
+
+def _unknown_column_message(column: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(column, sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown column {column!r}{hint} (known: {', '.join(sorted(known))})"
+
+
+def _parse_row(
+    where: str,
+    values: dict[str, Any],
+    kinds: dict[str, TaskKind],
+    known_columns: set[str],
+    base: str,
+    problems: _Problems,
+    check_columns: bool,
+) -> Job | None:
+    n_before = len(problems.items)
+    job_id = values.get("job_id")
+    label = where if job_id is None else f"{where} (job_id {str(job_id)!r})"
+    if job_id is None:
+        problems.add(where, "column 'job_id' is empty")
+    else:
+        job_id = str(job_id).strip()
+        if not JOB_ID_PATTERN.match(job_id):
+            problems.add(
+                f"{label}, column 'job_id'",
+                "must start with a letter or digit and hold only letters, digits, '.', '_' and "
+                "'-' (it names the job's output folder)",
+            )
+    task = values.get("task")
+    kind = None
+    if task is None:
+        problems.add(f"{label}, column 'task'", "is empty; expected one of: " + ", ".join(kinds))
+    else:
+        task = str(task).strip().lower()
+        kind = kinds.get(task)
+        if kind is None:
+            problems.add(
+                f"{label}, column 'task'",
+                f"unknown task {task!r}; expected one of: {', '.join(kinds)}",
+            )
+    if kind is None:
+        return None
+    images = []
+    for column in kind.image_columns:
+        value = values.get(column)
+        if value is None:
+            problems.add(f"{label}, column {column!r}", f"is required for {task} jobs")
+            continue
+        if not isinstance(value, str):
+            problems.add(f"{label}, column {column!r}", f"expected a file path, got {value!r}")
+            continue
+        images.append(_resolve(value, base))
+    for column in BASE_COLUMNS:
+        if column in values and column not in ("job_id", "task") + kind.image_columns:
+            problems.add(f"{label}, column {column!r}", f"does not apply to {task} jobs")
+    option_fields = kind.option_fields()
+    flags = kind.layout_flags()
+    options: dict[str, Any] = {}
+    layout: dict[str, bool] = {}
+    for column, raw in values.items():
+        if column in BASE_COLUMNS:
+            continue
+        cell = f"{label}, column {column!r}"
+        if column in BATCH_WIDE_FIELDS:
+            problems.add(cell, f"cannot be set per job: it {BATCH_WIDE_FIELDS[column]}")
+        elif column in option_fields:
+            try:
+                options[column] = parse_option(column, raw, option_fields[column], base)
+            except ValueError as exc:
+                problems.add(cell, str(exc))
+        elif column in flags:
+            try:
+                layout[column] = _parse_bool(raw)
+            except ValueError as exc:
+                problems.add(cell, str(exc))
+        elif column in known_columns:
+            problems.add(cell, f"does not apply to {task} jobs")
+        elif check_columns:
+            problems.add(cell, _unknown_column_message(column, known_columns))
+    if len(problems.items) > n_before:
+        return None
+    return Job(str(job_id), task, tuple(images), options, layout, where)
+
+
+def _resolve(path: str, base: str) -> str:
+    path = os.path.expanduser(path.strip())
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "y", "on"):
+        return True
+    if text in ("0", "false", "no", "n", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _number(raw: Any, kind: type, what: str) -> float | int:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected {what}, got {raw!r}")
+    try:
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            value: float | int = int(raw) if not isinstance(raw, str) else int(raw.strip())
+        else:
+            value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected {what}, got {raw!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected {what}, got {raw!r}")
+    return value
+
+
+def _bands(raw: Any) -> list[int]:
+    items = raw if isinstance(raw, list) else re.split(r"[,;\s]+", str(raw).strip())
+    try:
+        bands = [_number(b, int, "") for b in items if b != ""]
+    except ValueError:
+        raise ValueError(
+            f'expected band numbers separated by commas or spaces (e.g. "2,3,4,8"), got {raw!r}'
+        ) from None
+    if not bands or any(b < 1 for b in bands):
+        raise ValueError(f"band numbers start at 1, got {raw!r}")
+    return [int(b) for b in bands]
+
+
+# Per-option parsing and the ranges the single-job commands enforce (cli/options.py).
+def parse_option(name: str, raw: Any, spec: dataclasses.Field | None, base: str) -> Any:
+    """Parse one option cell (string from CSV, or typed from YAML); ``ValueError`` if bad."""
+    if name == "model":
+        if not isinstance(raw, str):
+            raise ValueError(f"expected a file path, got {raw!r}")
+        return _resolve(raw, base)
+    if name == "bands":
+        return _bands(raw)
+    if name == "device":
+        value = str(raw).strip().lower()
+        if value not in DEVICES:
+            raise ValueError(f"expected one of {', '.join(DEVICES)}, got {raw!r}")
+        return value
+    ranges: dict[str, tuple[type, float | None, float | None, bool, str]] = {
+        # name: (type, min, max, max_open, description)
+        "threshold": (float, 0.0, 1.0, False, "a number in [0, 1]"),
+        "tile_size": (int, 8, None, False, "a whole number of pixels >= 8"),
+        "overlap": (float, 0.0, 100.0, True, "a percentage in [0, 100)"),
+        "batch_size": (int, 1, None, False, "a whole number >= 1"),
+        "min_area": (float, 0.0, None, False, "an area in m^2 >= 0"),
+        "stride": (int, 1, None, False, "a whole number of pixels >= 1"),
+    }
+    if name in ranges:
+        kind, low, high, high_open, what = ranges[name]
+        value = _number(raw, kind, what)
+        if (low is not None and value < low) or (
+            high is not None and (value >= high if high_open else value > high)
+        ):
+            raise ValueError(f"expected {what}, got {raw!r}")
+        return value
+    # Options added to the engine later: parse by the type of their default.
+    default = spec.default if spec is not None else None
+    if isinstance(default, bool):
+        return _parse_bool(raw)
+    if isinstance(default, int):
+        return _number(raw, int, "a whole number")
+    if isinstance(default, float):
+        return _number(raw, float, "a number")
+    return raw if not isinstance(raw, str) else raw.strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints and done-markers
+
+
+def file_stamp(path: str | None) -> dict[str, Any] | None:
+    """``{"path", "size", "mtime_ns"}`` of a file; ``exists: False`` if it is missing."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {"path": os.path.abspath(path), "exists": False}
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def model_path_of(job: Job) -> str | None:
+    """The model file the job runs: its ``model`` column, else the bundled default."""
+    if job.options.get("model"):
+        return job.options["model"]
+    from .inference.defaults import default_model_path
+
+    try:
+        return default_model_path(job.kind.model_type)
+    except SwimdiffError:
+        return None
+
+
+def fingerprint(job: Job) -> dict[str, Any]:
+    """What the job's outputs depend on; a change to any of it makes the job run again.
+
+    Inputs and model by size and modification time (ns), the options that shape outputs
+    (everything but ``threads``, which only sets speed), and the output layout.
+    """
+    kind = job.kind
+    return _json_round_trip(
+        {
+            "task": job.task,
+            "inputs": {
+                column: file_stamp(path)
+                for column, path in zip(kind.image_columns, job.images, strict=True)
+            },
+            "model": file_stamp(model_path_of(job)),
+            "options": {k: job.options[k] for k in sorted(job.options)},
+            "layout": {k: job.layout.get(k, d) for k, d in sorted(kind.layout_flags().items())},
+        }
+    )
+
+
+def _json_round_trip(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def job_dir(out_root: str, job: Job) -> str:
+    return os.path.join(out_root, job.job_id)
+
+
+def output_paths(job: Job, out_root: str) -> list[str]:
+    outputs = job.kind.outputs_cls.in_dir(job_dir(out_root, job), **job.layout)
+    return list(outputs.paths())
+
+
+def read_marker(out_root: str, job: Job) -> dict[str, Any] | None:
+    """The job's done-marker if it is valid for the job as it is now, else None."""
+    folder = job_dir(out_root, job)
+    try:
+        with open(os.path.join(folder, MARKER_NAME), encoding="utf-8") as fh:
+            marker = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+        return None
+    if marker.get("fingerprint") != fingerprint(job):
+        return None
+    names = marker.get("outputs")
+    if not isinstance(names, list) or not names:
+        return None
+    # Existence only: viewers (QGIS opening a GeoPackage) may legitimately touch outputs.
+    if not all(os.path.exists(os.path.join(folder, name)) for name in names):
+        return None
+    return marker
+
+
+def _fsync_path(path: str) -> None:
+    """Flush a file (or folder entry) to disk so that a power cut cannot undo it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file, fsync and ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    # os.open with 0o666 (not mkstemp's 0o600): the file gets the permissions the umask allows.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_path(folder)
+
+
+def write_marker(out_root: str, job: Job, stamp: dict[str, Any], result: dict[str, Any]) -> None:
+    folder = job_dir(out_root, job)
+    outputs = output_paths(job, out_root)
+    for path in outputs:  # the outputs reach the disk before the marker that vouches for them
+        _fsync_path(path)
+    _fsync_path(folder)
+    marker = {
+        "format": MARKER_FORMAT,
+        "job_id": job.job_id,
+        "software": f"swimdiff-geo {__version__}",
+        "fingerprint": stamp,
+        "outputs": [os.path.relpath(p, folder) for p in outputs],
+        "result": result,
+    }
+    write_atomic(os.path.join(folder, MARKER_NAME), json.dumps(marker, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Running one job
+
+
+@dataclass
+class JobResult:
+    """The outcome of one job, as it goes into ``batch_report.csv``."""
+
+    job_id: str
+    task: str
+    status: str
+    runtime_s: float | None = None
+    changed_area_ha: float | None = None
+    changed_percent: float | None = None
+    class_areas_ha: dict[str, float] | None = None
+    error: str = ""
+    output_dir: str = ""
+    finished_at: str = ""
+
+    @classmethod
+    def from_marker(cls, job: Job, out_root: str, marker: dict[str, Any]) -> JobResult:
+        result = marker.get("result", {})
+        return cls(
+            job.job_id,
+            job.task,
+            STATUS_SKIPPED,
+            runtime_s=result.get("runtime_s"),
+            changed_area_ha=result.get("changed_area_ha"),
+            changed_percent=result.get("changed_percent"),
+            class_areas_ha=result.get("class_areas_ha"),
+            output_dir=job_dir(out_root, job),
+            finished_at=result.get("finished_at", ""),
+        )
+
+
+def summary_numbers(task: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """The report's numbers from a job summary: changed area, or area per class (ha)."""
+    if task == "change":
+        return {
+            "changed_area_ha": summary.get("changed_area_ha"),
+            "changed_percent": summary.get("changed_percent_of_valid"),
+        }
+    return {"class_areas_ha": _class_areas_ha(summary)}
+
+
+def _class_areas_ha(summary: dict[str, Any]) -> dict[str, float] | None:
+    """Class name -> area (ha) from a land-cover summary, whichever way the engine lists them."""
+    classes = summary.get("classes")
+    areas: dict[str, float] = {}
+    if isinstance(classes, list):
+        for entry in classes:
+            if not isinstance(entry, dict):
+                continue
+            name = str(
+                entry.get("class_name") or entry.get("name") or entry.get("class_id", len(areas))
+            )
+            if entry.get("area_ha") is not None:
+                areas[name] = float(entry["area_ha"])
+            elif entry.get("area_m2") is not None:
+                areas[name] = float(entry["area_m2"]) / 1e4
+    elif isinstance(classes, dict):
+        for name, entry in classes.items():
+            if isinstance(entry, dict):
+                value = entry.get("area_ha")
+                if value is None and entry.get("area_m2") is not None:
+                    value = float(entry["area_m2"]) / 1e4
+                if value is not None:
+                    areas[str(entry.get("name", name))] = float(value)
+            elif isinstance(entry, (int, float)):
+                areas[str(name)] = float(entry)
+    return areas or None
+
+
+def _prepare_folder(folder: str) -> None:
+    """Remove a previous attempt: the marker first (so nothing vouches for what follows), then
+    stale outputs and the engine's temporary folders left by a killed run."""
+    marker = os.path.join(folder, MARKER_NAME)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(marker)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    elif os.path.lexists(folder):
+        os.remove(folder)
+
+
+def default_threads_on_this_worker() -> int:
+    """Threads per job on a Dask worker: its cores shared among its task slots."""
+    try:
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        slots = 1
+    return max(1, available_cores() // max(1, slots))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def run_job(job: Job, out_root: str, threads: int | None = None) -> JobResult:
+    """Run one job into ``out_root/<job_id>/`` and mark it done; never raises for a job error.
+
+    ``threads`` = onnxruntime intra-op threads (None: this machine's cores over its Dask task
+    slots, 1 slot outside Dask). A failure is returned as a ``failed`` result with the message;
+    the job's folder is then absent or holds no marker.
+    """
+    folder = job_dir(out_root, job)
+    started = time.perf_counter()
+    if threads is None:
+        threads = default_threads_on_this_worker()
+    try:
+        kind = job.kind
+        stamp = fingerprint(job)  # before the run: an input edited meanwhile reruns next time
+        _prepare_folder(folder)
+        options = kind.options_cls(**job.options, threads=threads, overwrite=True)
+        outputs = kind.outputs_cls.in_dir(folder, **job.layout)
+        summary = kind.run(*job.images, outputs, options)
+        runtime = round(time.perf_counter() - started, 3)
+        finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+        numbers = summary_numbers(job.task, summary)
+        record = {"runtime_s": runtime, "finished_at": finished, **numbers}
+        write_marker(out_root, job, stamp, record)
+        return JobResult(
+            job.job_id,
+            job.task,
+            STATUS_DONE,
+            runtime_s=runtime,
+            output_dir=folder,
+            finished_at=finished,
+            **numbers,
+        )
+    except Exception as exc:  # noqa: BLE001 - failure isolation: any job error is recorded
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)  # an empty folder left by a failed job would only confuse
+        return JobResult(
+            job.job_id,
+            job.task,
+            STATUS_FAILED,
+            runtime_s=round(time.perf_counter() - started, 3),
+            error=error_message(exc),
+            output_dir=folder,
+        )
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for the report: engine errors as they are, others with their type."""
+    if isinstance(exc, (SwimdiffError, ValueError)):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+
+
+def format_report(jobs: Sequence[Job], results: dict[str, JobResult]) -> str:
+    """``batch_report.csv``: one row per job in manifest order (``pending`` = not run yet)."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, REPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for job in jobs:
+        r = results.get(job.job_id) or JobResult(job.job_id, job.task, STATUS_PENDING)
+        writer.writerow(
+            {
+                "job_id": r.job_id,
+                "task": r.task,
+                "status": r.status,
+                "runtime_s": _fmt(r.runtime_s),
+                "changed_area_ha": _fmt(r.changed_area_ha),
+                "changed_percent": _fmt(r.changed_percent),
+                "class_areas_ha": ";".join(
+                    f"{name}={value:.6g}" for name, value in (r.class_areas_ha or {}).items()
+                ),
+                "error": r.error,
+                "output_dir": r.output_dir,
+                "finished_at": r.finished_at,
+            }
+        )
+    return buffer.getvalue()
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def write_report(out_root: str, jobs: Sequence[Job], results: dict[str, JobResult]) -> str:
+    path = os.path.join(out_root, REPORT_NAME)
+    write_atomic(path, format_report(jobs, results))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Running a batch
+
+
+@contextlib.contextmanager
+def output_lock(out_root: str):
+    """An exclusive lock on ``out_root``: two batches writing one folder would race."""
+    path = os.path.join(out_root, LOCK_NAME)
+    fh = open(path, "a+")  # noqa: SIM115 - held for the whole batch
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - Windows: no lock
+            pass
+        except OSError:
+            raise BatchError(
+                f"{out_root}: another swimdiff-geo batch is writing to this folder"
+            ) from None
+        yield
+    finally:
+        fh.close()
+
+
+@dataclass
+class BatchPlan:
+    """Which jobs are done already (their results) and which must run."""
+
+    done: dict[str, JobResult]
+    to_run: list[Job]
+
+
+def plan(jobs: Iterable[Job], out_root: str) -> BatchPlan:
+    done: dict[str, JobResult] = {}
+    to_run: list[Job] = []
+    for job in jobs:
+        marker = read_marker(out_root, job)
+        if marker is not None:
+            done[job.job_id] = JobResult.from_marker(job, out_root, marker)
+        else:
+            to_run.append(job)
+    return BatchPlan(done, to_run)
+
+
+def run_batch(
+    jobs: Sequence[Job],
+    out_root: str,
+    workers: int = 1,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    on_result: Callable[[JobResult], None] | None = None,
+) -> dict[str, JobResult]:
+    """Run every job not already done; returns job_id -> result for all jobs.
+
+    ``batch_report.csv`` is rewritten atomically after every finished job (unfinished ones show
+    as ``pending``) and at the end. ``on_result`` sees each result, skipped ones first.
+    """
+    out_root = os.path.abspath(out_root)
+    try:
+        os.makedirs(out_root, exist_ok=True)
+    except OSError as exc:
+        raise BatchError(f"{out_root}: cannot create the output folder: {exc}") from exc
+    with output_lock(out_root):
+        batch_plan = plan(jobs, out_root)
+        results = dict(batch_plan.done)
+        for result in batch_plan.done.values():
+            if on_result:
+                on_result(result)
+        write_report(out_root, jobs, results)
+
+        def record(result: JobResult) -> None:
+            results[result.job_id] = result
+            write_report(out_root, jobs, results)
+            if on_result:
+                on_result(result)
+
+        if batch_plan.to_run:
+            if scheduler:
+                _run_dask(batch_plan.to_run, out_root, scheduler, threads, record)
+            elif workers <= 1:
+                local_threads = threads if threads is not None else available_cores()
+                for job in batch_plan.to_run:
+                    record(run_job(job, out_root, local_threads))
+            else:
+                local_threads = threads or max(1, available_cores() // workers)
+                _run_pool(batch_plan.to_run, out_root, workers, local_threads, record)
+        write_report(out_root, jobs, results)
+    return results
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Pool initializer: exit when the batch process dies (e.g. ``kill -9``), so that no
+    orphaned worker keeps writing into a folder that a rerun is about to redo."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="swimdiff-parent-watch", daemon=True).start()
+
+
+def _run_pool(
+    jobs: Sequence[Job],
+    out_root: str,
+    workers: int,
+    threads: int,
+    record: Callable[[JobResult], None],
+) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=context,
+        initializer=_watch_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
+        futures = {pool.submit(run_job, job, out_root, threads): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker process died (OOM kill, crash)
+                result = JobResult(
+                    job.job_id,
+                    job.task,
+                    STATUS_FAILED,
+                    error=f"worker process failed: {error_message(exc)}; rerun the batch to retry",
+                    output_dir=job_dir(out_root, job),
+                )
+            record(result)
+
+
+def _run_dask(
+    jobs: Sequence[Job],
+    out_root: str,
+    scheduler: str,
+    threads: int | None,
+    record: Callable[[JobResult], None],
+) -> None:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise BatchError(
+            "--scheduler needs Dask distributed: pip install 'swimdiff-geo[distributed]'"
+        ) from None
+    try:
+        client = Client(scheduler, timeout="20s", set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise BatchError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+    try:
+        token = f"{os.getpid()}-{time.time_ns()}"
+        futures = {}
+        for job in jobs:
+            future = client.submit(
+                run_job,
+                job,
+                out_root,
+                threads,
+                key=f"swimdiff-batch-{job.job_id}-{token}",
+                pure=False,
+                retries=0,
+            )
+            futures[future] = job
+        for future in as_completed(list(futures), loop=client.loop):
+            job = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - worker lost, unpicklable, ...
+                result = JobResult(
+                    job.job_id,
+                    job.task,
+                    STATUS_FAILED,
+                    error=f"Dask task failed: {error_message(exc)}",
+                    output_dir=job_dir(out_root, job),
+                )
+            record(result)
+    finally:
+        client.close()
+
+
+def count_statuses(results: dict[str, JobResult]) -> dict[str, int]:
+    counts = {STATUS_DONE: 0, STATUS_SKIPPED: 0, STATUS_FAILED: 0}
+    for r in results.values():
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
