@@ -1,0 +1,181 @@
+"""What the swimdiff-geo Processing algorithms share: parameters, engine calls, error mapping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProviderRegistry,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from .. import dependencies
+
+ONNX_FILTER = "ONNX models (*.onnx)"
+
+
+class SwimdiffAlgorithm(QgsProcessingAlgorithm):
+    """Base class: translation, help, dependency check and engine error mapping."""
+
+    #: pip names of the modules this algorithm needs beyond QGIS's own Python.
+    required_modules: dict[str, str] = dependencies.REQUIRED_MODULES
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("swimdiffgeo", text)
+
+    def createInstance(self) -> SwimdiffAlgorithm:  # noqa: N802 - QGIS API name
+        return type(self)()
+
+    def helpUrl(self) -> str:  # noqa: N802
+        return "https://github.com/swimdiff-geo/swimdiff-geo/blob/main/docs/qgis.md"
+
+    def canExecute(self) -> tuple[bool, str]:  # noqa: N802
+        """Refuse to open (toolbox) or run when onnxruntime is missing, with install steps."""
+        missing = dependencies.missing_modules(self.required_modules)
+        if missing:
+            return False, dependencies.install_instructions(missing)
+        return True, ""
+
+    # -- parameters ---------------------------------------------------------------------
+    def add_model_parameter(self, description: str) -> None:
+        self.addParameter(
+            QgsProcessingParameterFile(
+                "MODEL",
+                self.tr(description),
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter=ONNX_FILTER,
+                optional=True,
+            )
+        )
+
+    def add_tiling_parameters(self) -> None:
+        """TILE_SIZE and OVERLAP (advanced; empty = the model's metadata)."""
+        tile = QgsProcessingParameterNumber(
+            "TILE_SIZE",
+            self.tr("Tile size in pixels (empty: the model's tile_size)"),
+            type=QgsProcessingParameterNumber.Integer,
+            optional=True,
+            minValue=8,
+        )
+        overlap = QgsProcessingParameterNumber(
+            "OVERLAP",
+            self.tr("Tile overlap in percent of the tile (empty: the model's tiles_overlap)"),
+            type=QgsProcessingParameterNumber.Double,
+            optional=True,
+            minValue=0.0,
+            maxValue=99.0,
+        )
+        for parameter in (tile, overlap):
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+
+    # -- reading parameters -------------------------------------------------------------
+    def model_path(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
+        """The MODEL file, or None for the bundled default."""
+        path = self.parameterAsFile(parameters, "MODEL", context)
+        return path or None
+
+    @staticmethod
+    def is_set(parameters: dict[str, Any], name: str) -> bool:
+        value = parameters.get(name)
+        return value is not None and value != ""
+
+    def optional_int(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
+    ) -> int | None:
+        if not self.is_set(parameters, name):
+            return None
+        return self.parameterAsInt(parameters, name, context)
+
+    def optional_double(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
+    ) -> float | None:
+        if not self.is_set(parameters, name):
+            return None
+        return self.parameterAsDouble(parameters, name, context)
+
+    def raster_path(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
+    ) -> str:
+        """The file behind raster layer parameter ``name``; the engine reads files with GDAL."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            raise QgsProcessingException(f"{name}: no raster layer given or it cannot be opened")
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(
+                f"{name}: layer '{layer.name()}' comes from the '{layer.providerType()}' "
+                "provider; swimdiff-geo reads raster files (GeoTIFF or any file GDAL opens). "
+                "Save it as a GeoTIFF first (Raster > Conversion > Translate)."
+            )
+        decoded = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+        return decoded.get("path") or layer.source()
+
+    def output_path(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
+    ) -> str | None:
+        """A destination parameter's file path (None when an optional output is skipped)."""
+        if not self.is_set(parameters, name):
+            return None
+        path = self.parameterAsOutputLayer(parameters, name, context)
+        return path or None
+
+    # -- running the engine -------------------------------------------------------------
+    def check_dependencies(self, extra: dict[str, str] | None = None) -> None:
+        """QgsProcessingException with install steps if a needed module is missing."""
+        if not dependencies.ensure_engine_importable():
+            raise QgsProcessingException(
+                "the swimdiff_geo engine is neither installed in QGIS's Python nor vendored in "
+                f"{dependencies.VENDOR_DIR}; reinstall the plugin from its ZIP file"
+            )
+        missing = dependencies.missing_modules({**self.required_modules, **(extra or {})})
+        if missing:
+            raise QgsProcessingException(dependencies.install_instructions(missing))
+
+    def engine_origin(self, feedback: QgsProcessingFeedback) -> None:
+        """Log which swimdiff_geo copy runs (the vendored one or an installed one)."""
+        import swimdiff_geo
+
+        feedback.pushInfo(
+            f"swimdiff-geo engine {swimdiff_geo.__version__} from "
+            f"{os.path.dirname(os.path.abspath(swimdiff_geo.__file__))}"
+        )
+
+    def run_engine(
+        self, job: Callable[..., dict[str, Any]], feedback: QgsProcessingFeedback, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Run an engine job with QGIS progress, cancellation and logging.
+
+        Engine errors (SwimdiffError: bad input, bad model, output problems, cancellation)
+        become QgsProcessingException with the engine's message, the same text the CLI prints.
+        """
+        from swimdiff_geo.inference.errors import CancelledError, SwimdiffError
+        from swimdiff_geo.inference.io_gdal import GdalBackend
+
+        def progress(fraction: float) -> None:
+            feedback.setProgress(100.0 * min(max(fraction, 0.0), 1.0))
+
+        try:
+            return job(
+                backend=GdalBackend(),
+                progress=progress,
+                is_cancelled=feedback.isCanceled,
+                log=feedback.pushInfo,
+                **kwargs,
+            )
+        except CancelledError as exc:
+            raise QgsProcessingException(
+                self.tr("Cancelled: partial outputs were removed.") + f" ({exc})"
+            ) from exc
+        except SwimdiffError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        except ValueError as exc:  # option validation in the engine (threshold, tile size)
+            raise QgsProcessingException(str(exc)) from exc

@@ -1,0 +1,113 @@
+"""``swimdiffgeo:maplandcover``: one image to a land-cover class map and a class-area table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingOutputString,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from .. import styles
+from .base import SwimdiffAlgorithm
+
+
+class MapLandcoverAlgorithm(SwimdiffAlgorithm):
+    """Runs :func:`swimdiff_geo.inference.landcover.map_landcover` on the GDAL backend."""
+
+    def name(self) -> str:
+        return "maplandcover"
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API name
+        return self.tr("Map land cover")
+
+    def group(self) -> str:
+        return self.tr("Land cover")
+
+    def groupId(self) -> str:  # noqa: N802
+        return "landcover"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.tr(
+            "Maps land cover in an image with a swimdiff-geo ONNX segmentation model (one class "
+            "per pixel) or patch-classification model (one class per cell), in overlapping "
+            "tiles.\n\n"
+            "Land cover: uint8 class ids on the image's grid, nodata 255, styled with the "
+            "model's class colours and names. Class areas (optional): a CSV table with one row "
+            "per class: class_id, class_name, pixels, area in m2 and ha, percent of the valid "
+            "area.\n\n"
+            "Empty model: the bundled default (a 4-band Landsat model). The image must hold the "
+            "bands the model expects, in its order (see Model information).\n\n"
+            "Same engine and same pixels as the command line: swimdiff-geo map-landcover."
+        )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Image")))
+        self.add_model_parameter("Land-cover ONNX model (empty: the bundled default)")
+        self.add_tiling_parameters()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Land cover")))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                "OUTPUT_AREAS",
+                self.tr("Class areas table"),
+                fileFilter="CSV files (*.csv)",
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addOutput(QgsProcessingOutputString("SUMMARY", self.tr("Run summary (JSON)")))
+
+    def processAlgorithm(  # noqa: N802
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        self.check_dependencies()
+        from swimdiff_geo.inference.contract import read_contract
+        from swimdiff_geo.inference.landcover import (
+            LandcoverOptions,
+            LandcoverOutputs,
+            map_landcover,
+        )
+
+        image = self.raster_path(parameters, "INPUT", context)
+        landcover = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        areas = None
+        if self.is_set(parameters, "OUTPUT_AREAS"):
+            areas = self.parameterAsFileOutput(parameters, "OUTPUT_AREAS", context) or None
+        options = LandcoverOptions(
+            model=self.model_path(parameters, context),
+            tile_size=self.optional_int(parameters, "TILE_SIZE", context),
+            overlap=self.optional_double(parameters, "OVERLAP", context),
+            overwrite=True,  # QGIS asked the user already; destinations are replaced
+        )
+        self.engine_origin(feedback)
+        summary = self.run_engine(
+            map_landcover,
+            feedback,
+            image=image,
+            outputs=LandcoverOutputs(landcover=landcover, areas_csv=areas),
+            options=options,
+        )
+        contract = read_contract(summary["model"]["path"])
+        qml = styles.write_sidecar(
+            landcover, styles.landcover_qml(contract.class_names, contract.class_colors)
+        )
+        styles.style_on_load(context, landcover, qml)
+        for row in summary.get("classes", []):
+            feedback.pushInfo(
+                f"  {row.get('class_id')} {row.get('class_name')}: "
+                f"{row.get('percent_of_valid_area', 0.0) or 0.0:.2f} % of the valid area"
+            )
+        return {
+            "OUTPUT": landcover,
+            "OUTPUT_AREAS": areas,
+            "SUMMARY": json.dumps(summary, default=str),
+        }
