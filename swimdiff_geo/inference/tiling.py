@@ -13,6 +13,7 @@ a window gets a defined, convex combination of predictions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -96,12 +97,23 @@ class TileGrid:
                 yield Window(col, row, w, h)
 
     def weight(self, window: Window) -> np.ndarray:
-        """Blend weights ``(h, w)`` float32 of one window."""
-        wy = taper(
-            window.height, window.row_off == 0, window.row_off + window.height == self.height
+        """Blend weights ``(h, w)`` float32 of one window (shared: do not modify)."""
+        return _weight(
+            window.height,
+            window.width,
+            window.row_off == 0,
+            window.row_off + window.height == self.height,
+            window.col_off == 0,
+            window.col_off + window.width == self.width,
         )
-        wx = taper(window.width, window.col_off == 0, window.col_off + window.width == self.width)
-        return np.outer(wy, wx)
+
+
+@functools.lru_cache(maxsize=64)
+def _weight(h: int, w: int, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
+    # At most 9 distinct weights per grid (corner, edge, interior): compute each once.
+    weight = np.outer(taper(h, top, bottom), taper(w, left, right))
+    weight.flags.writeable = False
+    return weight
 
 
 def overlap_pixels(tile_size: int, overlap_percent: float) -> int:
