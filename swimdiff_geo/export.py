@@ -1,0 +1,640 @@
+"""Export of trained models to self-describing ONNX (docs/export.md, docs/model-format.md).
+
+:func:`export_model` turns a fine-tuning checkpoint (change, segmentation, classification) or a
+pretrained ``encoder.pt`` (embedding) into one ONNX file that the torch-free engine runs:
+
+- the activation is inside the graph (sigmoid for change, softmax for classes), so the output is
+  probabilities;
+- N, H and W are dynamic (any batch, any window size);
+- the model contract (:class:`swimdiff_geo.inference.contract.ModelContract`) is written into
+  ``metadata_props`` from the checkpoint: bands, scaling, classes, colours, tile size, threshold;
+- ``onnx.checker`` (full check) must pass;
+- parity with PyTorch is measured on real windows (the checkpoint's validation data, or
+  ``data``) at two window sizes and two batch sizes, printed, and enforced (max abs difference
+  <= 1e-4 in fp32);
+- ``int8=True`` adds a statically quantised copy (onnxruntime QDQ, calibrated on real training
+  windows) and reports its change in F1 / accuracy and in speed against fp32.
+
+Exporter: torch.onnx's dynamo exporter (``torch.export``-based, the default of torch >= 2.9) with
+``torch.export.Dim`` dynamic shapes; ``exporter="torchscript"`` selects the legacy exporter
+(faster to run, deprecated upstream). Both give identical graphs semantically; see docs/export.md.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from .bands import SENTINEL2_L1C
+from .data.change import BandScaling, RandomChangeWindows, TiledChangeWindows
+from .inference.contract import ModelContract, load_model
+from .models.encoder import ResNetEncoder, build_encoder
+from .models.landcover import EmbeddingNet
+
+EXPORTERS = ("dynamo", "torchscript")
+PARITY_TOLERANCE = 1e-4
+INPUT_NAME = "input"
+
+
+class ExportError(ValueError):
+    """The export failed a check (parity, onnx.checker) or got unusable input."""
+
+
+class WithActivation(nn.Module):
+    """``model`` followed by its output activation: sigmoid (change) or softmax over dim 1."""
+
+    def __init__(self, model: nn.Module, activation: str) -> None:
+        super().__init__()
+        self.model = model
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.model(x)
+        return torch.sigmoid(logits) if self.activation == "sigmoid" else logits.softmax(dim=1)
+
+
+@dataclass
+class ExportSource:
+    """What is being exported: the network (with activation), its contract and output names."""
+
+    module: nn.Module
+    contract: ModelContract
+    output_names: list[str]
+    data_cfg: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading what to export
+
+
+def _is_lightning_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and "state_dict" in obj and "hyper_parameters" in obj
+
+
+def _infer_arch(state: dict[str, Tensor]) -> str:
+    """resnet50 blocks have a conv3; resnet18 blocks do not."""
+    return "resnet50" if any(k.endswith("layer1.0.conv3.weight") for k in state) else "resnet18"
+
+
+def load_export_source(
+    checkpoint: str | Path,
+    embedding: bool = False,
+    bands: Sequence[str] | None = None,
+    input_scale: float | None = None,
+    tile_size: int | None = None,
+) -> ExportSource:
+    """Read a fine-tuning checkpoint or an encoder ``state_dict`` and prepare it for export.
+
+    ``embedding=True`` exports only the encoder of a fine-tuning checkpoint. An encoder file is
+    always exported as an embedding model; its bands default to the 13 Sentinel-2 L1C bands
+    (DN / 10000) when it takes 13 channels, otherwise ``bands`` must name them.
+    """
+    from .train.finetune import load_head_checkpoint
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ExportError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ExportError(f"{path}: not a torch checkpoint ({exc})") from exc
+    if _is_lightning_checkpoint(obj) and "model_cfg" in obj["hyper_parameters"]:
+        task = load_head_checkpoint(path)
+        hp = task.hparams
+        fields = dict(hp.contract)
+        if tile_size:
+            fields["tile_size"] = tile_size
+        extra = {
+            "source_checkpoint": path.name,
+            "task": hp.model_cfg["task"],
+            "encoder_arch": hp.model_cfg.get("arch", "resnet18"),
+            "freeze_encoder": bool(hp.freeze_encoder),
+        }
+        if not embedding:
+            activation = "sigmoid" if hp.model_cfg["task"] == "change" else "softmax"
+            contract = ModelContract(**fields, extra=extra)
+            return ExportSource(
+                WithActivation(task.model, activation).eval(),
+                contract,
+                ["probabilities"],
+                dict(hp.data_cfg),
+                extra,
+            )
+        encoder = task.model.encoder
+        fields["num_dates"] = 1
+        data_cfg = dict(hp.data_cfg)
+        return _embedding_source(encoder, fields, extra, data_cfg)
+    # A bare encoder state_dict (pretraining's encoder.pt) or any checkpoint holding one.
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not any(str(k).endswith("conv1.weight") for k in state):
+        raise ExportError(
+            f"{path}: neither a fine-tuning checkpoint nor an encoder state_dict "
+            "(no conv1.weight found)"
+        )
+    conv1 = next(v for k, v in state.items() if str(k).endswith("conv1.weight") and v.ndim == 4)
+    in_channels = int(conv1.shape[1])
+    encoder = build_encoder(_infer_arch(state), in_channels=in_channels, init_weights=state)
+    if bands:
+        band_names = list(bands)
+    elif in_channels == len(SENTINEL2_L1C.bands):
+        band_names = list(SENTINEL2_L1C.bands)
+    else:
+        raise ExportError(f"{path}: the encoder takes {in_channels} bands; name them with --bands")
+    if len(band_names) != in_channels:
+        raise ExportError(f"--bands names {len(band_names)} bands; the encoder takes {in_channels}")
+    scale = input_scale
+    if scale is None:
+        scale = SENTINEL2_L1C.input_scale if band_names == list(SENTINEL2_L1C.bands) else 1.0
+    fields = {
+        "model_type": "embedding",
+        "bands": band_names,
+        "num_dates": 1,
+        "tile_size": tile_size or 256,
+        "input_scale": scale,
+        "name": f"swimdiff-geo encoder {encoder.arch}",
+        "description": f"SwiMDiff-pretrained {encoder.arch} encoder from {path.name}",
+    }
+    extra = {"source_checkpoint": path.name, "task": "embedding", "encoder_arch": encoder.arch}
+    return _embedding_source(encoder, fields, extra, None)
+
+
+def _embedding_source(
+    encoder: ResNetEncoder,
+    fields: dict[str, Any],
+    extra: dict[str, Any],
+    data_cfg: dict[str, Any] | None,
+) -> ExportSource:
+    fields = dict(fields)
+    fields["model_type"] = "embedding"
+    fields["num_dates"] = 1
+    fields["class_names"], fields["class_colors"] = {}, {}
+    fields["threshold"] = 0.5
+    extra = dict(extra)
+    extra.update(
+        {
+            "task": "embedding",
+            "embedding_dim": int(encoder.stage_channels[-1]),
+            "feature_stride": 32,
+            "outputs": ["embedding", "feature_map"],
+        }
+    )
+    contract = ModelContract(**fields, extra=extra)
+    return ExportSource(
+        EmbeddingNet(encoder).eval(), contract, ["embedding", "feature_map"], data_cfg, extra
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX export
+
+
+def _dynamic_axes(output_names: list[str], rank2_outputs: set[str]) -> dict[str, dict[int, str]]:
+    axes = {INPUT_NAME: {0: "N", 2: "H", 3: "W"}}
+    for name in output_names:
+        axes[name] = {0: "N"} if name in rank2_outputs else {0: "N", 2: "H", 3: "W"}
+        if name == "feature_map":
+            axes[name] = {0: "N", 2: "h32", 3: "w32"}
+    return axes
+
+
+def export_onnx(
+    source: ExportSource,
+    out: str | Path,
+    exporter: str = "dynamo",
+    opset: int = 18,
+    sample_size: int = 64,
+) -> Path:
+    """Write ``source`` as one self-contained ONNX file with the contract's metadata."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    contract = source.contract
+    contract.validate(str(out))
+    sample = torch.randn(2, contract.in_channels, sample_size, sample_size)
+    rank2 = {"probabilities"} if contract.model_type == "classification" else set()
+    rank2 |= {"embedding"}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                n = torch.export.Dim("N", min=1, max=4096)
+                h = torch.export.Dim("H", min=32, max=16384)
+                w = torch.export.Dim("W", min=32, max=16384)
+                torch.onnx.export(
+                    source.module,
+                    (sample,),
+                    str(raw),
+                    dynamo=True,
+                    external_data=False,
+                    input_names=[INPUT_NAME],
+                    output_names=source.output_names,
+                    dynamic_shapes={"x": {0: n, 2: h, 3: w}},
+                    opset_version=opset,
+                    verbose=False,
+                )
+            else:
+                torch.onnx.export(
+                    source.module,
+                    (sample,),
+                    str(raw),
+                    dynamo=False,
+                    input_names=[INPUT_NAME],
+                    output_names=source.output_names,
+                    dynamic_axes=_dynamic_axes(source.output_names, rank2),
+                    opset_version=min(opset, 17),
+                )
+        model = onnx.load(str(raw))
+    meta = contract.to_metadata()
+    meta["exporter"] = json.dumps(exporter)
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "swimdiff-geo"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Real windows for parity, calibration and evaluation
+
+
+def _raster_windows(path: Path, contract: ModelContract, count: int, size: int) -> np.ndarray:
+    """Up to ``count`` scaled windows ``(n, C, size, size)`` from a GeoTIFF with C bands."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        if src.count != contract.num_bands:
+            raise ExportError(
+                f"{path}: {src.count} bands; the model takes {contract.num_bands} "
+                f"({', '.join(contract.bands)})"
+            )
+        h, w = src.height, src.width
+        size = min(size, h, w)
+        rows = np.linspace(0, h - size, num=max(1, int(np.sqrt(count))), dtype=int)
+        cols = np.linspace(0, w - size, num=max(1, int(np.sqrt(count))), dtype=int)
+        out = [
+            src.read(window=rasterio.windows.Window(c, r, size, size)).astype(np.float32)
+            for r in sorted(set(rows.tolist()))
+            for c in sorted(set(cols.tolist()))
+        ]
+    data = np.stack(out[:count])
+    return contract.scale(data)
+
+
+def _oscd_windows(root: Path, contract: ModelContract, count: int, size: int) -> np.ndarray:
+    from .data.oscd import OSCDCity, list_oscd_cities
+
+    windows = []
+    idx = [list(OSCDCity.bands).index(b) for b in contract.bands]
+    for name in list_oscd_cities(root):
+        city = OSCDCity(root, name)
+        s = min(size, *city.shape)
+        for date in range(1, contract.num_dates + 1) if contract.num_dates == 1 else [None]:
+            if date is None:
+                x = np.concatenate(
+                    [city.read(1, (0, 0, s, s))[idx], city.read(2, (0, 0, s, s))[idx]]
+                )
+            else:
+                x = city.read(date, (0, 0, s, s))[idx]
+            windows.append(x)
+        if len(windows) >= count:
+            break
+    size = min(w.shape[-1] for w in windows)
+    data = np.stack([w[:, :size, :size] for w in windows[:count]])
+    return contract.scale(data)
+
+
+def real_windows(
+    source: ExportSource,
+    split: str,
+    count: int,
+    data: str | Path | None = None,
+) -> np.ndarray:
+    """Scaled real windows ``(n, D*C, T, T)`` for parity, calibration or speed measurements.
+
+    From ``data`` when given (an OSCD folder, a change manifest, a GeoTIFF, a patch folder),
+    else from the data the checkpoint was trained on (``split`` = "train" or "val").
+    """
+    contract = source.contract
+    size = contract.tile_size
+    cfg = dict(source.data_cfg or {})
+    if data is not None:
+        path = Path(data)
+        is_raster = path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".vrt")
+        if is_raster and contract.num_dates == 1 and cfg.get("kind") != "raster":
+            return _raster_windows(path, contract, count, size)
+        if cfg:
+            cfg["path"] = str(path)
+        elif path.is_dir():
+            return _oscd_windows(path, contract, count, size)
+        else:
+            raise ExportError(
+                f"{path}: cannot read windows for this model from it (want a GeoTIFF with "
+                f"{contract.num_bands} bands or an OSCD folder)"
+            )
+    if not cfg:
+        raise ExportError(
+            "no real data to check the export on: pass --data (a GeoTIFF with the model's bands "
+            "or an OSCD folder)"
+        )
+    missing = Path(cfg["path"])
+    if not missing.exists():
+        raise ExportError(
+            f"{missing}: the training data recorded in the checkpoint is not here; pass --data"
+        )
+    scaling = BandScaling(
+        contract.input_scale, contract.standardization_mean, contract.standardization_std
+    )
+    kind = cfg["kind"]
+    model_data_type = source.extra.get("task")
+    if kind in ("oscd", "manifest"):
+        from .train.finetune import load_change_split
+
+        scenes = load_change_split(cfg, split)
+        if split == "train":
+            ds = RandomChangeWindows(scenes, scaling, min(size, *scenes[0].shape), count, False)
+        else:
+            ds = TiledChangeWindows(scenes, scaling, size)
+        xs = [ds[i][0].numpy() for i in range(min(count, len(ds)))]
+        x = np.stack(xs)
+        if model_data_type == "embedding":
+            return x[:, : contract.num_bands]
+        return x
+    if kind == "raster":
+        from .data.landcover import read_training_labels
+
+        raster = read_training_labels(cfg["labels"], cfg["path"], cfg["class_field"], cfg["layer"])
+        image = scaling.apply(raster.image)
+        s = min(size, *image.shape[-2:])
+        h, w = image.shape[-2:]
+        rng = np.random.default_rng(0 if split == "val" else 1)
+        out = []
+        for _ in range(count):
+            r, c = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+            out.append(image[:, r : r + s, c : c + s])
+        return np.stack(out)
+    from .data.landcover import PatchDataset
+    from .train.finetune import _patch_split
+
+    files, labels, _ = _patch_split(cfg, list(contract.class_names.values()) or None, split)
+    ds = PatchDataset(files[:count], labels[:count], scaling, size)
+    return np.stack([ds[i][0].numpy() for i in range(len(ds))])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def _torch_outputs(module: nn.Module, x: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = module(torch.from_numpy(x))
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.numpy() for o in out]
+
+
+def check_parity(
+    source: ExportSource,
+    onnx_path: Path,
+    windows: np.ndarray,
+    tolerance: float = PARITY_TOLERANCE,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Max abs difference between PyTorch and onnxruntime on ``windows``, at their size and at
+    an odd, smaller size, with batches of 1 and several; raises ExportError above ``tolerance``.
+    """
+    loaded = load_model(onnx_path, device="cpu")
+    session = loaded.session
+    h, w = windows.shape[-2:]
+    cases = [("full windows", windows)]
+    if h > 40 and w > 40 and source.contract.model_type != "classification":
+        cases.append(("odd-size crop", np.ascontiguousarray(windows[:2, :, 3 : h - 2, 1 : w - 4])))
+    cases.append(("single window", windows[:1]))
+    results = []
+    worst = 0.0
+    for label, x in cases:
+        ref = _torch_outputs(source.module, x)
+        got = session.run(None, {loaded.input_name: x})
+        diff = max(float(np.abs(r - g).max()) for r, g in zip(ref, got, strict=False))
+        shapes_ok = all(r.shape == g.shape for r, g in zip(ref, got, strict=False))
+        results.append(
+            {
+                "case": label,
+                "input_shape": list(x.shape),
+                "max_abs_diff": diff,
+                "shapes_match": shapes_ok,
+            }
+        )
+        worst = max(worst, diff if shapes_ok else float("inf"))
+        print_fn(f"parity {label} {tuple(x.shape)}: max |torch - onnxruntime| = {diff:.2e}")
+    report = {"max_abs_diff": worst, "tolerance": tolerance, "cases": results}
+    if not worst <= tolerance:
+        raise ExportError(
+            f"{onnx_path}: parity check failed: max abs difference {worst:.3e} > {tolerance:.0e}"
+        )
+    return report
+
+
+def _ort_predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    loaded = load_model(path, device="cpu")
+    return lambda batch: loaded.session.run(None, {loaded.input_name: batch})[0]
+
+
+def quantize_int8(
+    source: ExportSource,
+    fp32_path: Path,
+    int8_path: Path,
+    calibration: np.ndarray,
+) -> Path:
+    """Static QDQ int8 quantisation (per-channel weights), calibrated on ``calibration``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{INPUT_NAME: calibration[i : i + 1]} for i in range(len(calibration))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        except Exception:  # pre-processing only helps; quantise the plain model without it
+            prepared = fp32_path
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
+    model = onnx.load(str(int8_path))
+    meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    meta["quantization"] = json.dumps("int8 static QDQ, per-channel weights")
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(int8_path))
+    return int8_path
+
+
+def _time_predictor(predict: Callable[[np.ndarray], np.ndarray], windows: np.ndarray) -> float:
+    """Seconds per window, best of 3 passes over ``windows`` in batches of 4."""
+    best = float("inf")
+    predict(windows[:1])  # warm-up
+    for _ in range(3):
+        start = time.perf_counter()
+        for i in range(0, len(windows), 4):
+            predict(windows[i : i + 4])
+        best = min(best, (time.perf_counter() - start) / len(windows))
+    return best
+
+
+def compare_int8(
+    source: ExportSource,
+    fp32_path: Path,
+    int8_path: Path,
+    data: str | Path | None,
+    windows: np.ndarray,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Validation quality (F1 / accuracy) and speed of the int8 model against fp32."""
+    from .train.finetune import (
+        evaluate_change,
+        evaluate_classes,
+        load_change_split,
+        load_landcover_split,
+    )
+
+    fp32, int8 = _ort_predictor(fp32_path), _ort_predictor(int8_path)
+    contract = source.contract
+    cfg = dict(source.data_cfg or {})
+    if data is not None and cfg:
+        cfg["path"] = str(data)
+    report: dict[str, Any] = {}
+    scaling = BandScaling(
+        contract.input_scale, contract.standardization_mean, contract.standardization_std
+    )
+    if contract.model_type == "change_detection" and cfg:
+        scenes = load_change_split(cfg, "val")
+        q32 = evaluate_change(fp32, scenes, scaling, contract.tile_size, contract.threshold)["all"]
+        q8 = evaluate_change(int8, scenes, scaling, contract.tile_size, contract.threshold)["all"]
+        report.update(
+            {"f1_fp32": q32["f1"], "f1_int8": q8["f1"], "f1_change": q8["f1"] - q32["f1"]}
+        )
+    elif contract.model_type in ("segmentation", "classification") and cfg:
+        ds = load_landcover_split(
+            cfg,
+            scaling,
+            contract.tile_size,
+            [contract.class_names[str(i)] for i in contract.class_ids()],
+        )
+        q32 = evaluate_classes(fp32, ds, contract.num_classes)
+        q8 = evaluate_classes(int8, ds, contract.num_classes)
+        report.update(
+            {
+                "accuracy_fp32": q32["overall_accuracy"],
+                "accuracy_int8": q8["overall_accuracy"],
+                "accuracy_change": q8["overall_accuracy"] - q32["overall_accuracy"],
+                "macro_f1_fp32": q32["macro_f1"],
+                "macro_f1_int8": q8["macro_f1"],
+            }
+        )
+    else:  # embeddings: agreement of the pooled vectors
+        a, b = fp32(windows), int8(windows)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        report["embedding_cosine_min"] = float(cos.min())
+    t32, t8 = _time_predictor(fp32, windows), _time_predictor(int8, windows)
+    report.update(
+        {
+            "seconds_per_window_fp32": t32,
+            "seconds_per_window_int8": t8,
+            "speedup": t32 / t8 if t8 > 0 else None,
+            "window_shape": list(windows.shape[1:]),
+            "size_mb_fp32": fp32_path.stat().st_size / 1e6,
+            "size_mb_int8": int8_path.stat().st_size / 1e6,
+        }
+    )
+    shown = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in report.items()
+    )
+    print_fn(f"int8 vs fp32: {shown}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole export
+
+
+def export_model(
+    checkpoint: str | Path,
+    out: str | Path,
+    embedding: bool = False,
+    int8: bool = False,
+    data: str | Path | None = None,
+    bands: Sequence[str] | None = None,
+    input_scale: float | None = None,
+    tile_size: int | None = None,
+    exporter: str = "dynamo",
+    parity_windows: int = 4,
+    calibration_windows: int = 32,
+    tolerance: float = PARITY_TOLERANCE,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Export ``checkpoint`` to ``out`` (+ ``<stem>.int8.onnx`` with ``int8``), check it, and
+    write a report ``<stem>.export.json``; returns the report."""
+    out = Path(out)
+    source = load_export_source(checkpoint, embedding, bands, input_scale, tile_size)
+    started = time.monotonic()
+    export_onnx(source, out, exporter=exporter)
+    print_fn(
+        f"exported {source.contract.model_type} model to {out} "
+        f"({out.stat().st_size / 1e6:.1f} MB, {exporter} exporter, "
+        f"{time.monotonic() - started:.1f} s); onnx.checker passed"
+    )
+    windows = real_windows(source, "val", parity_windows, data)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "onnx": str(out),
+        "exporter": exporter,
+        "model_type": source.contract.model_type,
+        "size_mb": out.stat().st_size / 1e6,
+        "parity": check_parity(source, out, windows, tolerance, print_fn),
+    }
+    if int8:
+        int8_path = out.with_name(out.stem + ".int8.onnx")
+        calibration = real_windows(source, "train", calibration_windows, data)
+        quantize_int8(source, out, int8_path, calibration)
+        load_model(int8_path)  # the quantised model must honour the contract too
+        print_fn(f"int8 model: {int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB)")
+        speed_windows = real_windows(source, "val", max(parity_windows, 8), data)
+        report["int8"] = {"onnx": str(int8_path)} | compare_int8(
+            source, out, int8_path, data, speed_windows, print_fn
+        )
+    out.with_name(out.stem + ".export.json").write_text(json.dumps(report, indent=2))
+    return report
