@@ -182,8 +182,11 @@ class SwiMDiff(nn.Module):
         """Write keys (B, D) and their scene ids (B,) at the queue pointer (ring buffer)."""
         if keys.shape[0] != scene_ids.shape[0]:
             raise ValueError("keys and scene ids must have the same length")
-        if keys.shape[0] > self.queue_size:  # only the newest K fit
-            keys, scene_ids = keys[-self.queue_size :], scene_ids[-self.queue_size :]
+        if keys.shape[0] > self.queue_size:
+            # Only the newest K fit: skip the oldest as if they had been written and overwritten.
+            skipped = keys.shape[0] - self.queue_size
+            self.queue_ptr.copy_((self.queue_ptr + skipped) % self.queue_size)
+            keys, scene_ids = keys[skipped:], scene_ids[skipped:]
         n = keys.shape[0]
         idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % self.queue_size
         self.queue_keys[idx] = keys.to(self.queue_keys.dtype)
