@@ -1,0 +1,279 @@
+"""The Processing algorithms in real QGIS, compared with the CLI on the same inputs.
+
+The CLI runs in the main virtualenv (rasterio backend, GDAL bundled with rasterio); the plugin
+runs here on osgeo.gdal (QGIS's GDAL). Outputs must hold the same pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal, ogr
+from qgis.core import (
+    QgsPalettedRasterRenderer,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+    QgsSingleBandPseudoColorRenderer,
+)
+
+CHANGE_OUTPUTS = ("change_probability.tif", "change_mask.tif")
+
+
+def _run(algorithm: str, parameters: dict, feedback: QgsProcessingFeedback | None = None) -> dict:
+    import processing
+
+    return processing.run(
+        f"swimdiffgeo:{algorithm}",
+        parameters,
+        context=QgsProcessingContext(),
+        feedback=feedback or QgsProcessingFeedback(),
+    )
+
+
+def _array(path: str) -> np.ndarray:
+    ds = gdal.Open(path)
+    try:
+        return ds.ReadAsArray()
+    finally:
+        ds = None
+
+
+def _grid(path: str) -> tuple:
+    ds = gdal.Open(path)
+    try:
+        srs = ds.GetSpatialRef()
+        srs.AutoIdentifyEPSG()
+        return (ds.RasterXSize, ds.RasterYSize, ds.GetGeoTransform(), srs.GetAuthorityCode(None))
+    finally:
+        ds = None
+
+
+def _polygons(path: str) -> list[tuple]:
+    """(area, attributes...) of every polygon, sorted: order-independent comparison."""
+    ds = ogr.Open(path)
+    layer = ds.GetLayer(0)
+    rows = []
+    for feature in layer:
+        values = tuple(feature.GetField(i) for i in range(feature.GetFieldCount()))
+        rows.append((round(feature.GetGeometryRef().GetArea(), 6), *values))
+    ds = None
+    return sorted(rows, key=repr)
+
+
+@pytest.fixture(scope="module")
+def plugin_change(tmp_path_factory, s2_pair, qgis_processing):
+    """detectchange on the sample pair with the bundled model, all outputs."""
+    from qgis.core import QgsApplication
+    from swimdiff_geo_qgis.provider import SwimdiffGeoProvider
+
+    registry = QgsApplication.processingRegistry()
+    provider = SwimdiffGeoProvider()
+    registry.addProvider(provider)
+    out = tmp_path_factory.mktemp("plugin_change")
+    try:
+        result = _run(
+            "detectchange",
+            {
+                "INPUT_A": s2_pair[0],
+                "INPUT_B": s2_pair[1],
+                "OUTPUT_PROBABILITY": str(out / "change_probability.tif"),
+                "OUTPUT_MASK": str(out / "change_mask.tif"),
+                "OUTPUT_POLYGONS": str(out / "change_polygons.gpkg"),
+            },
+        )
+    finally:
+        registry.removeProvider(provider)
+    return out, result
+
+
+def test_detectchange_matches_the_cli(plugin_change, cli_change, s2_pair):
+    out, result = plugin_change
+    assert result["OUTPUT_PROBABILITY"] == str(out / "change_probability.tif")
+    for name in CHANGE_OUTPUTS:
+        ours, cli = _array(str(out / name)), _array(str(cli_change / name))
+        assert ours.dtype == cli.dtype
+        np.testing.assert_array_equal(ours, cli, err_msg=name)
+        # On image A's grid: same CRS, size and geotransform (the pair shares a footprint).
+        assert _grid(str(out / name)) == _grid(s2_pair[0])
+    assert _polygons(str(out / "change_polygons.gpkg")) == _polygons(
+        str(cli_change / "change_polygons.gpkg")
+    )
+    summary = json.loads((cli_change / "summary.json").read_text())
+    assert result["CHANGED_PERCENT"] == pytest.approx(summary["changed_percent_of_valid"])
+    assert result["POLYGON_COUNT"] == summary["polygons"]
+
+
+def test_detectchange_outputs_are_styled(plugin_change):
+    out, _ = plugin_change
+    mask = QgsRasterLayer(str(out / "change_mask.tif"), "mask")
+    probability = QgsRasterLayer(str(out / "change_probability.tif"), "probability")
+    assert mask.isValid() and probability.isValid()
+    # QGIS applies the .qml next to the file when it opens it.
+    assert isinstance(mask.renderer(), QgsPalettedRasterRenderer)
+    assert [(c.value, c.label) for c in mask.renderer().classes()] == [
+        (0, "no change"), (1, "change")
+    ]  # fmt: skip
+    assert isinstance(probability.renderer(), QgsSingleBandPseudoColorRenderer)
+
+
+def test_maplandcover_matches_the_cli(provider, tmp_path, cli_landcover, landsat_image):
+    result = _run(
+        "maplandcover",
+        {
+            "INPUT": landsat_image,
+            "OUTPUT": str(tmp_path / "landcover.tif"),
+            "OUTPUT_AREAS": str(tmp_path / "class_areas.csv"),
+        },
+    )
+    ours = _array(result["OUTPUT"])
+    np.testing.assert_array_equal(ours, _array(str(cli_landcover / "landcover.tif")))
+    assert _grid(result["OUTPUT"]) == _grid(landsat_image)
+    with open(result["OUTPUT_AREAS"]) as f_ours, open(cli_landcover / "class_areas.csv") as f_cli:
+        assert list(csv.DictReader(f_ours)) == list(csv.DictReader(f_cli))
+
+    # Styled with the model's class names and colours (modelinfo reads them from the model).
+    info = json.loads(
+        _run("modelinfo", {"MODEL": json.loads(result["SUMMARY"])["model"]["path"]})["METADATA"]
+    )
+    layer = QgsRasterLayer(result["OUTPUT"], "landcover")
+    classes = layer.renderer().classes()
+    assert [(c.value, c.label) for c in classes] == [
+        (int(k), v) for k, v in sorted(info["class_names"].items(), key=lambda kv: int(kv[0]))
+    ]
+    for c in classes:
+        expected = info["class_colors"].get(str(c.value))
+        if expected:
+            assert c.color.name() == expected.lower()
+
+
+def test_modelinfo_reports_the_bundled_model(provider):
+    import onnxruntime
+
+    result = _run("modelinfo", {})
+    session = onnxruntime.InferenceSession(result["MODEL"], providers=["CPUExecutionProvider"])
+    raw = session.get_modelmeta().custom_metadata_map
+    assert result["MODEL_TYPE"] == json.loads(raw["model_type"]) == "change_detection"
+    assert result["BANDS"].split(",") == json.loads(raw["bands"])
+    assert result["TILE_SIZE"] == json.loads(raw["tile_size"])
+    metadata = json.loads(result["METADATA"])
+    assert metadata["input"]["name"] == session.get_inputs()[0].name
+
+
+def test_cancelling_leaves_no_output_files(provider, tmp_path, s2_pair):
+    feedback = QgsProcessingFeedback()
+    progress_reports = []
+
+    def cancel_on_first_progress(value: float) -> None:
+        progress_reports.append(value)
+        feedback.cancel()
+
+    feedback.progressChanged.connect(cancel_on_first_progress)
+    out = tmp_path / "cancelled"
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        _run(
+            "detectchange",
+            {
+                "INPUT_A": s2_pair[0],
+                "INPUT_B": s2_pair[1],
+                "TILE_SIZE": 64,  # many small windows: cancellation lands mid-run
+                "OUTPUT_PROBABILITY": str(out / "p.tif"),
+                "OUTPUT_MASK": str(out / "m.tif"),
+                "OUTPUT_POLYGONS": str(out / "c.gpkg"),
+            },
+            feedback,
+        )
+    assert progress_reports, "the engine never reported progress"
+    assert not out.exists() or sorted(os.listdir(out)) == []
+
+
+@pytest.fixture
+def junk_model(tmp_path) -> str:
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(b"this is not an ONNX protobuf")
+    return str(path)
+
+
+def _cli_error(main_cli, *args: str) -> str:
+    """The CLI's error output (it must fail), on one line."""
+    result = main_cli(*args)
+    assert result.returncode != 0
+    return " ".join(result.stderr.split())
+
+
+def test_bad_model_gives_the_cli_message(provider, tmp_path, s2_pair, junk_model, main_cli):
+    with pytest.raises(QgsProcessingException) as caught:
+        _run(
+            "detectchange",
+            {
+                "INPUT_A": s2_pair[0],
+                "INPUT_B": s2_pair[1],
+                "MODEL": junk_model,
+                "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+                "OUTPUT_MASK": str(tmp_path / "m.tif"),
+            },
+        )
+    message = str(caught.value)
+    assert junk_model in message and "not a readable ONNX model" in message
+    cli = _cli_error(
+        main_cli, "detect-change", *s2_pair, "-o", str(tmp_path / "cli"), "-m", junk_model
+    )
+    assert message.split(" (")[0] in cli  # same text up to onnxruntime's own detail
+    assert not (tmp_path / "p.tif").exists()
+
+
+def test_wrong_model_type_is_named(provider, tmp_path, landsat_image, main_cli):
+    from swimdiff_geo.inference.defaults import default_model_path
+
+    change_model = default_model_path("change_detection")
+    with pytest.raises(QgsProcessingException, match="is a change_detection model") as caught:
+        _run(
+            "maplandcover",
+            {"INPUT": landsat_image, "MODEL": change_model, "OUTPUT": str(tmp_path / "lc.tif")},
+        )
+    assert " ".join(str(caught.value).split()) in _cli_error(
+        main_cli, "map-landcover", landsat_image, "-o", str(tmp_path / "cli"), "-m", change_model
+    )
+
+
+def test_image_with_wrong_bands_is_named(provider, tmp_path, s2_pair, landsat_image):
+    with pytest.raises(QgsProcessingException) as caught:
+        _run(
+            "detectchange",
+            {
+                "INPUT_A": s2_pair[0],
+                "INPUT_B": landsat_image,
+                "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+                "OUTPUT_MASK": str(tmp_path / "m.tif"),
+            },
+        )
+    message = str(caught.value)
+    assert message.startswith(landsat_image) and "bands" in message
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_polygons_must_be_a_geopackage(provider, tmp_path, s2_pair):
+    with pytest.raises(QgsProcessingException, match=r"OUTPUT_POLYGONS: .*\.gpkg"):
+        _run(
+            "detectchange",
+            {
+                "INPUT_A": s2_pair[0],
+                "INPUT_B": s2_pair[1],
+                "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+                "OUTPUT_MASK": str(tmp_path / "m.tif"),
+                "OUTPUT_POLYGONS": str(tmp_path / "c.shp"),
+            },
+        )
+
+
+def test_the_plugin_never_imports_torch_or_rasterio(plugin_change):
+    loaded = {name.split(".")[0] for name in sys.modules}
+    assert not loaded & {"torch", "rasterio", "fiona", "lightning"}
+    assert Path(sys.modules["swimdiff_geo.inference.io_gdal"].__file__).name == "io_gdal.py"
