@@ -982,14 +982,16 @@ def _run_dask(
     except (OSError, TimeoutError) as exc:
         raise BatchError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
     try:
+        threads_by_host = _threads_by_host(client) if threads is None else {}
         token = f"{os.getpid()}-{time.time_ns()}"
         futures = {}
         for job in jobs:
             future = client.submit(
-                run_job,
+                _run_job_on_dask_worker,
                 job,
                 out_root,
                 threads,
+                threads_by_host,
                 key=f"swimdiff-batch-{job.job_id}-{token}",
                 pure=False,
                 retries=0,
@@ -1010,6 +1012,35 @@ def _run_dask(
             record(result)
     finally:
         client.close()
+
+
+def _threads_by_host(client: Any) -> dict[str, int]:
+    """Host -> onnxruntime threads per job: the host's cores over all task slots of all its
+    workers (two 1-thread workers on a 2-core host get 1 thread per job, not 2)."""
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # distributed before 2025: no n_workers argument, lists every worker
+        workers = client.scheduler_info()["workers"]
+    cores = client.run(available_cores)
+    slots: dict[str, int] = {}
+    host_cores: dict[str, int] = {}
+    for address, info in workers.items():
+        host = info["host"]
+        slots[host] = slots.get(host, 0) + int(info["nthreads"])
+        host_cores[host] = int(cores.get(address, 1))
+    return {host: max(1, host_cores[host] // max(1, slots[host])) for host in slots}
+
+
+def _run_job_on_dask_worker(
+    job: Job, out_root: str, threads: int | None, threads_by_host: dict[str, int]
+) -> JobResult:
+    """The Dask task: :func:`run_job` with this host's share of cores unless ``threads`` is set."""
+    if threads is None:
+        from distributed import get_worker
+        from distributed.comm import get_address_host
+
+        threads = threads_by_host.get(get_address_host(get_worker().address))
+    return run_job(job, out_root, threads)
 
 
 def count_statuses(results: dict[str, JobResult]) -> dict[str, int]:

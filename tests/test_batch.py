@@ -278,6 +278,62 @@ def test_kill_9_mid_batch_then_rerun_finishes_each_job_once(scenes, reference, t
     assert markers(out) == after
 
 
+def _children(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is ``pid`` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_a_pool_batch_leaves_no_worker_writing(scenes, reference, tmp_path):
+    """Pool workers outlive a killed parent only briefly: none may keep writing into folders
+    that the rerun redoes. The rerun then completes every job with the reference outputs."""
+    folder, rows = scenes
+    copies = [dict(r, job_id=f"x_{r['job_id']}") for r in rows]
+    manifest = write_manifest(folder / "jobs_twice.csv", rows + copies)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swimdiff_geo.cli.main", "batch", str(manifest), "-o", str(out),
+         "-q", "--workers", "2"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not markers(out):
+            workers |= _children(proc.pid)
+            time.sleep(0.002)
+        workers |= _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert len(workers) >= 2 and len(markers(out)) < 2 * len(ALL_JOBS)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "orphaned pool workers still running"
+    result = run_cli("batch", manifest, "-o", out, "-q", "--workers", 2)
+    assert result.exit_code == 0, result.output
+    for job_id in ALL_JOBS:
+        assert_same_outputs(out / job_id, reference / job_id)
+        assert_same_outputs(out / f"x_{job_id}", reference / job_id)
+
+
 def test_only_the_job_whose_option_input_or_outputs_changed_reruns(scenes, tmp_path):
     folder, rows = scenes
     subset = [dict(r) for r in rows if r["job_id"] in ("c1", "c2", "l2")]
