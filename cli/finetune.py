@@ -215,7 +215,7 @@ def finetune() -> None:
     callback=_pos_weight,
     default="auto",
     show_default=True,
-    help="BCE weight of change pixels; auto = no-change/change ratio (max 50).",
+    help="BCE weight of change pixels; auto = sqrt of the no-change/change pixel ratio (max 50).",
 )
 @click.option(
     "--threshold",

@@ -456,8 +456,8 @@ def finetune_change(
 ) -> dict[str, Any]:
     """Train a Siamese change detector on OSCD (a folder) or a manifest of pairs (a file).
 
-    ``pos_weight="auto"`` weights change pixels by the no-change/change ratio of the training
-    labels (capped at 50). ``samples_per_epoch`` defaults to the number of crop-sized windows in
+    ``pos_weight="auto"`` weights change pixels by the square root of the no-change/change ratio
+    of the training labels (capped at 50). ``samples_per_epoch`` defaults to the number of crop-sized windows in
     the training area. Returns the run summary also written to ``out_dir/metrics.json``.
     """
     started = time.monotonic()
@@ -479,7 +479,9 @@ def finetune_change(
     scaling = _scaling(images, scale, normalize)
     frac = positive_fraction(train_scenes)
     if pos_weight == "auto":
-        pos_weight = float(min(50.0, (1 - frac) / frac)) if frac > 0 else 1.0
+        # sqrt of the class ratio: enough to keep the rare change class from being ignored,
+        # without the full ratio's upward bias of probabilities at the 0.5 threshold.
+        pos_weight = float(min(50.0, math.sqrt((1 - frac) / frac))) if frac > 0 else 1.0
     area = sum(s.shape[0] * s.shape[1] for s in train_scenes)
     length = samples_per_epoch or max(batch_size, math.ceil(area / crop_size**2))
     contract = {

@@ -25,6 +25,14 @@ OWN_LABELS = OSCD_MINI / "own_labels"
 MINI_CITIES = ("beihai", "saclay_e")
 
 
+def read_own_labels(city: str) -> np.ndarray:
+    """Our own 0/1 change mask of a mini city (no georeferencing, like OSCD's labels)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(OWN_LABELS / f"{city}_change.tif") as src:
+            return src.read(1)
+
+
 def build_oscd_labelled(dst: Path) -> Path:
     """Assemble a complete OSCD folder (images + Train Labels) under ``dst``; return its root.
 
@@ -34,8 +42,7 @@ def build_oscd_labelled(dst: Path) -> Path:
     """
     shutil.copytree(OSCD_MINI / IMAGES_DIRNAME, dst / IMAGES_DIRNAME)
     for city in MINI_CITIES:
-        with rasterio.open(OWN_LABELS / f"{city}_change.tif") as src:
-            own = src.read(1)
+        own = read_own_labels(city)
         with rasterio.open(next((dst / IMAGES_DIRNAME / city / "imgs_1").glob("*_B02.tif"))) as b:
             full = np.ones((b.height, b.width), np.uint8)
         full[: own.shape[0], : own.shape[1]] = own + 1
@@ -157,8 +164,7 @@ def test_labels_are_mapped_to_0_1_and_cropped(oscd_root: Path) -> None:
         city = OSCDCity(oscd_root, name)
         assert city.has_labels
         labels = city.read_labels()
-        with rasterio.open(OWN_LABELS / f"{name}_change.tif") as src:
-            own = src.read(1)
+        own = read_own_labels(name)
         assert labels.shape == city.shape
         assert labels.dtype == np.uint8
         np.testing.assert_array_equal(labels, own)
