@@ -78,6 +78,9 @@ def plugin_change(tmp_path_factory, s2_pair, qgis_processing):
     provider = SwimdiffGeoProvider()
     registry.addProvider(provider)
     out = tmp_path_factory.mktemp("plugin_change")
+    feedback = QgsProcessingFeedback()
+    progress: list[float] = []
+    feedback.progressChanged.connect(progress.append)
     try:
         result = _run(
             "detectchange",
@@ -88,9 +91,11 @@ def plugin_change(tmp_path_factory, s2_pair, qgis_processing):
                 "OUTPUT_MASK": str(out / "change_mask.tif"),
                 "OUTPUT_POLYGONS": str(out / "change_polygons.gpkg"),
             },
+            feedback,
         )
     finally:
         registry.removeProvider(provider)
+    result["progress"] = progress
     return out, result
 
 
@@ -109,6 +114,72 @@ def test_detectchange_matches_the_cli(plugin_change, cli_change, s2_pair):
     summary = json.loads((cli_change / "summary.json").read_text())
     assert result["CHANGED_PERCENT"] == pytest.approx(summary["changed_percent_of_valid"])
     assert result["POLYGON_COUNT"] == summary["polygons"]
+
+
+def test_detectchange_reports_progress(plugin_change):
+    _, result = plugin_change
+    progress = result["progress"]
+    assert progress and progress == sorted(progress)
+    assert 0.0 <= progress[0] and progress[-1] == pytest.approx(100.0)
+
+
+def test_detectchange_with_b_reprojected_matches_the_cli(provider, tmp_path, s2_pair, main_cli):
+    """B in another CRS: both front ends warp it back onto A's grid (bilinear warped VRT, GDAL
+    3.6 here, rasterio's bundled GDAL in the CLI) and must still agree pixel for pixel."""
+    moved = str(tmp_path / "b_web_mercator.tif")
+    gdal.Warp(moved, s2_pair[1], dstSRS="EPSG:3857", resampleAlg="near")
+    ours = tmp_path / "ours"
+    _run(
+        "detectchange",
+        {
+            "INPUT_A": s2_pair[0],
+            "INPUT_B": moved,
+            "OUTPUT_PROBABILITY": str(ours / "change_probability.tif"),
+            "OUTPUT_MASK": str(ours / "change_mask.tif"),
+        },
+    )
+    cli = tmp_path / "cli"
+    result = main_cli("detect-change", s2_pair[0], moved, "-o", str(cli), "-q", "--no-polygons")
+    assert result.returncode == 0, result.stderr
+    for name in CHANGE_OUTPUTS:
+        assert _grid(str(ours / name)) == _grid(str(cli / name))
+        np.testing.assert_array_equal(_array(str(ours / name)), _array(str(cli / name)), name)
+
+
+def test_results_loaded_into_the_project_are_styled(provider, s2_pair, landsat_image):
+    """The GUI path: temporary outputs loaded on completion get the plugin's styles."""
+    import processing
+    from qgis.core import QgsProject
+
+    project = QgsProject.instance()
+    try:
+        change = processing.runAndLoadResults(
+            "swimdiffgeo:detectchange",
+            {
+                "INPUT_A": s2_pair[0],
+                "INPUT_B": s2_pair[1],
+                "OUTPUT_PROBABILITY": "TEMPORARY_OUTPUT",
+                "OUTPUT_MASK": "TEMPORARY_OUTPUT",
+                "OUTPUT_POLYGONS": "TEMPORARY_OUTPUT",
+            },
+        )
+        landcover = processing.runAndLoadResults(
+            "swimdiffgeo:maplandcover", {"INPUT": landsat_image, "OUTPUT": "TEMPORARY_OUTPUT"}
+        )
+        assert change["OUTPUT_POLYGONS"].endswith(".gpkg")
+        renderers = {
+            layer.source(): type(layer.renderer())
+            for layer in project.mapLayers().values()
+            if isinstance(layer, QgsRasterLayer)
+        }
+        assert renderers == {
+            change["OUTPUT_MASK"]: QgsPalettedRasterRenderer,
+            change["OUTPUT_PROBABILITY"]: QgsSingleBandPseudoColorRenderer,
+            landcover["OUTPUT"]: QgsPalettedRasterRenderer,
+        }
+        assert len(project.mapLayers()) == 4  # and the polygons
+    finally:
+        project.clear()
 
 
 def test_detectchange_outputs_are_styled(plugin_change):

@@ -9,7 +9,9 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingOutputString,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
 )
@@ -51,6 +53,18 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Image")))
         self.add_model_parameter("Land-cover ONNX model (empty: the bundled default)")
         self.add_tiling_parameters()
+        stride = QgsProcessingParameterNumber(
+            "STRIDE",
+            self.tr(
+                "Patch-classification models only: class-map cell size in pixels "
+                "(empty: half the tile size)"
+            ),
+            type=QgsProcessingParameterNumber.Integer,
+            optional=True,
+            minValue=1,
+        )
+        stride.setFlags(stride.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(stride)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Land cover")))
         self.addParameter(
             QgsProcessingParameterFileDestination(
@@ -86,6 +100,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             model=self.model_path(parameters, context),
             tile_size=self.optional_int(parameters, "TILE_SIZE", context),
             overlap=self.optional_double(parameters, "OVERLAP", context),
+            stride=self.optional_int(parameters, "STRIDE", context),
             overwrite=True,  # QGIS asked the user already; destinations are replaced
         )
         self.engine_origin(feedback)
