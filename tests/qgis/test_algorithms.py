@@ -348,3 +348,43 @@ def test_the_plugin_never_imports_torch_or_rasterio(plugin_change):
     loaded = {name.split(".")[0] for name in sys.modules}
     assert not loaded & {"torch", "rasterio", "fiona", "lightning"}
     assert Path(sys.modules["swimdiff_geo.inference.io_gdal"].__file__).name == "io_gdal.py"
+
+
+def test_graphical_modeler_chains_detectchange(provider, tmp_path, s2_pair):
+    """qgis_plugin/examples/change_with_buffer.model3 (built in the graphical modeler's format):
+    detectchange -> native:buffer on its polygons."""
+    from qgis.core import QgsProcessingModelAlgorithm
+
+    model = QgsProcessingModelAlgorithm()
+    model_file = (
+        Path(__file__).resolve().parents[2] / "qgis_plugin/examples/change_with_buffer.model3"
+    )
+    assert model.fromFile(str(model_file))
+    ok, problems = model.validate()
+    assert ok, problems
+    result = _run_model(
+        model,
+        {
+            "image_a": s2_pair[0],
+            "image_b": s2_pair[1],
+            "min_area": 0.0,
+            "buffer": 10.0,
+            "detect:change_mask": str(tmp_path / "mask.tif"),
+            "detect:change_probability": str(tmp_path / "probability.tif"),
+            "buffer:buffered": str(tmp_path / "buffered.gpkg"),
+        },
+    )
+    assert Path(result["detect:change_mask"]).is_file()
+    buffered = _polygons(result["buffer:buffered"])
+    changed_pixels = int((_array(result["detect:change_mask"]) == 1).sum())
+    assert buffered, "no change polygons to buffer"
+    # Buffering by 10 m grows every polygon: together they exceed the changed area.
+    assert sum(row[0] for row in buffered) > changed_pixels * 100.0
+
+
+def _run_model(model, parameters: dict) -> dict:
+    import processing
+
+    return processing.run(
+        model, parameters, context=QgsProcessingContext(), feedback=QgsProcessingFeedback()
+    )
