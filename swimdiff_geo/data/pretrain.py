@@ -15,7 +15,8 @@ Rasters are never loaded whole: every sample is a windowed read. Four source lay
   the date parsed from the acquisition folder name.
 
 A sample is a dict: ``view1``/``view2`` float32 (C, w, w) scaled bands (DN * input_scale),
-``scene_id`` int64, ``date1``/``date2`` strings, ``source`` int. With ``temporal=True`` view2 is
+``scene_id`` int64, ``date1``/``date2`` strings, ``source`` int (index into ``sources``),
+``window`` int64 (row, col) of view1's top-left pixel. With ``temporal=True`` view2 is
 the same place at another date of the scene (when the scene has one), else the same window.
 Augmentation happens later, on the batch (:mod:`swimdiff_geo.data.augment`).
 """
@@ -71,7 +72,9 @@ def normalize_band_name(name: str) -> str:
     m = re.fullmatch(r"[Bb]0*(\d{1,2})([Aa]?)", name.strip())
     if not m:
         return name.strip().upper()
-    return f"B{int(m.group(1)):02d}{m.group(2).upper()}"
+    if m.group(2):  # the only lettered Sentinel-2 band is B8A, never zero-padded
+        return f"B{int(m.group(1))}{m.group(2).upper()}"
+    return f"B{int(m.group(1)):02d}"
 
 
 def parse_date(text: str) -> str | None:
@@ -588,6 +591,7 @@ class PretrainWindowDataset(Dataset):
                 "date1": src.date or "",
                 "date2": date2 or "",
                 "source": si,
+                "window": torch.tensor([r0, c0], dtype=torch.long),  # (row, col) of view1
             }
         raise PretrainDataError(
             f"{self.max_tries} windows in a row were more than {self.max_nodata_fraction:.0%} "

@@ -137,7 +137,7 @@ class ConditionalUNet(nn.Module):
         in_channels: int,
         cond_channels: tuple[int, int, int, int],
         base_channels: int = 32,
-        channel_mults: tuple[int, ...] = (1, 2, 2, 4, 4, 4),
+        channel_mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4),
         cond_mode: str = "multiscale",
         cond_fusion: str = "add",
     ) -> None:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,7 @@ class MetricsCSV(Callback):
 
     COLUMNS = (
         "step",
+        "elapsed_s",
         "epoch",
         "loss",
         "loss_c",
@@ -317,14 +319,19 @@ class MetricsCSV(Callback):
 
     def __init__(self, path: Path, every: int) -> None:
         self.path, self.every = path, max(1, every)
+        self._start: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if not trainer.is_global_zero or (step % self.every and step != trainer.max_steps):
             return
         m = trainer.callback_metrics
-        row = {"step": step, "epoch": trainer.current_epoch}
-        for k in self.COLUMNS[2:]:
+        elapsed = time.perf_counter() - (self._start or time.perf_counter())
+        row = {"step": step, "elapsed_s": f"{elapsed:.2f}", "epoch": trainer.current_epoch}
+        for k in self.COLUMNS[3:]:
             row[k] = f"{float(m[k]):.6g}" if k in m else ""
         new = not self.path.exists()
         with self.path.open("a", newline="") as fh:
@@ -351,6 +358,7 @@ def _collate(batch: list[dict]) -> dict:
         "date1": [b["date1"] for b in batch],
         "date2": [b["date2"] for b in batch],
         "source": torch.tensor([b["source"] for b in batch]),
+        "window": torch.stack([b["window"] for b in batch]),
     }
 
 

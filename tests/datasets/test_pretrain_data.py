@@ -1,0 +1,228 @@
+"""Pretraining window datasets on real Sentinel-2 pixels in every supported layout."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine
+
+from swimdiff_geo.data.oscd import OSCDCity
+from swimdiff_geo.data.pretrain import (
+    PretrainDataError,
+    PretrainWindowDataset,
+    build_sources,
+    compute_band_stats,
+    detect_format,
+    normalize_band_name,
+    parse_date,
+)
+
+OSCD_MINI = Path(__file__).resolve().parents[1] / "data" / "oscd_mini"
+S2 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+
+
+def _write_multiband(path: Path, data: np.ndarray, transform: Affine, crs, names=S2) -> Path:
+    """A real-pixel multi-band GeoTIFF with band descriptions (the project's S2 convention)."""
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype="uint16", crs=crs, transform=transform)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.round(data).astype(np.uint16))
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def beihai() -> OSCDCity:
+    return OSCDCity(OSCD_MINI, "beihai")
+
+
+@pytest.fixture
+def s2_folder(tmp_path, beihai) -> Path:
+    """Both beihai dates as 13-band GeoTIFFs; date 2 cut 5 rows / 3 cols off its top-left."""
+    folder = tmp_path / "s2"
+    folder.mkdir()
+    t = beihai.transform
+    _write_multiband(folder / "beihai_20161209.tif", beihai.read(1), t, beihai.crs)
+    shifted = t @ Affine.translation(3, 5)
+    _write_multiband(folder / "beihai_20180309.tif", beihai.read(2)[:, 5:, 3:], shifted, beihai.crs)
+    return folder
+
+
+def test_band_names_and_dates_are_parsed() -> None:
+    assert [normalize_band_name(b) for b in ("B1", "b01", "B8a", "B08A", "B12")] == [
+        "B01", "B01", "B8A", "B8A", "B12"
+    ]  # fmt: skip
+    assert parse_date("T49QCD_20161209T031122") == "20161209"
+    assert parse_date("2018-03-09_scene") == "20180309"
+    assert parse_date("no_date_99999999") is None
+
+
+def test_oscd_layout_windows_are_the_readers_pixels(beihai) -> None:
+    assert detect_format(OSCD_MINI) == "oscd"
+    sources = build_sources(OSCD_MINI)
+    assert [(s.scene, s.date) for s in sources] == [
+        ("beihai", "20161209"), ("beihai", "20180309"),
+        ("saclay_e", "20160315"), ("saclay_e", "20170829"),
+    ]  # fmt: skip
+    ds = PretrainWindowDataset(sources, window_size=32, samples_per_epoch=12, seed=3)
+    assert ds.scene_names == ["beihai", "saclay_e"] and ds.bands == S2
+    for i in range(len(ds)):
+        s = ds[i]
+        src = sources[s["source"]]
+        r, c = s["window"].tolist()
+        assert s["view1"].shape == (13, 32, 32)
+        assert s["scene_id"] == ds.scene_names.index(src.scene)
+        city = OSCDCity(OSCD_MINI, src.scene)
+        expected = city.read(src.date_index, (r, c, 32, 32)) * 1e-4
+        np.testing.assert_allclose(s["view1"].numpy(), expected, rtol=1e-6)
+        np.testing.assert_array_equal(s["view2"].numpy(), s["view1"].numpy())
+
+
+def test_windows_are_reproducible_and_change_with_the_epoch() -> None:
+    ds = PretrainWindowDataset(build_sources(OSCD_MINI), window_size=16, samples_per_epoch=8)
+    first = [ds[i]["window"].tolist() + [ds[i]["source"]] for i in range(8)]
+    assert first == [ds[i]["window"].tolist() + [ds[i]["source"]] for i in range(8)]
+    ds.set_epoch(1)
+    assert first != [ds[i]["window"].tolist() + [ds[i]["source"]] for i in range(8)]
+
+
+def test_temporal_views_are_the_other_date_of_the_same_place(beihai) -> None:
+    sources = [s for s in build_sources(OSCD_MINI) if s.scene == "beihai"]
+    ds = PretrainWindowDataset(sources, window_size=24, samples_per_epoch=6, temporal=True)
+    for i in range(len(ds)):
+        s = ds[i]
+        r, c = s["window"].tolist()
+        assert {s["date1"], s["date2"]} == {"20161209", "20180309"}
+        other = 2 if s["date1"] == "20161209" else 1
+        np.testing.assert_allclose(s["view2"].numpy(), beihai.read(other, (r, c, 24, 24)) * 1e-4,
+                                   rtol=1e-6)  # fmt: skip
+
+
+def test_folder_layout_one_scene_per_file(s2_folder, beihai) -> None:
+    assert detect_format(s2_folder) == "folder"
+    sources = build_sources(s2_folder, bands=["B04", "B03", "B02", "B08"])
+    assert [(s.scene, s.date) for s in sources] == [
+        ("beihai_20161209", "20161209"), ("beihai_20180309", "20180309")
+    ]  # fmt: skip
+    ds = PretrainWindowDataset(sources, window_size=16, samples_per_epoch=6)
+    assert ds.bands == ("B04", "B03", "B02", "B08")
+    for i in range(len(ds)):
+        s = ds[i]
+        r, c = s["window"].tolist()
+        if s["source"] == 0:
+            full = beihai.read(1, (r, c, 16, 16))[[3, 2, 1, 7]]
+            np.testing.assert_allclose(s["view1"].numpy(), np.round(full) * 1e-4, rtol=1e-6)
+
+
+def test_manifest_pairs_dates_through_georeferencing(s2_folder, beihai) -> None:
+    manifest = s2_folder / "manifest.csv"
+    manifest.write_text(
+        "path,scene_id,date\n"
+        "beihai_20161209.tif,beihai,2016-12-09\n"
+        "beihai_20180309.tif,beihai,2018-03-09\n"
+    )
+    assert detect_format(manifest) == "manifest"
+    sources = build_sources(manifest)
+    assert [s.scene for s in sources] == ["beihai", "beihai"]
+    ds = PretrainWindowDataset(sources, window_size=16, samples_per_epoch=10, temporal=True)
+    checked = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        r, c = s["window"].tolist()
+        if s["source"] == 0 and s["date2"] == "2018-03-09":
+            # Date 2's file starts 5 rows / 3 cols later: the same ground is (r-5, c-3) there.
+            expected = np.round(beihai.read(2, (r, c, 16, 16))) * 1e-4
+            np.testing.assert_allclose(s["view2"].numpy(), expected, rtol=1e-6)
+            checked += 1
+    assert checked > 0
+
+
+def test_scene_grid_splits_rasters_into_cells(s2_folder) -> None:
+    sources = build_sources(s2_folder)
+    ds = PretrainWindowDataset(sources, window_size=16, samples_per_epoch=20, scene_grid=24)
+    assert "beihai_20161209/r0c0" in ds.scene_names and "beihai_20161209/r1c1" in ds.scene_names
+    for i in range(len(ds)):
+        s = ds[i]
+        r, c = s["window"].tolist()
+        name = ds.scene_names[int(s["scene_id"])]
+        assert name.endswith(f"/r{(r + 8) // 24}c{(c + 8) // 24}")
+
+
+def test_mostly_nodata_windows_are_skipped(tmp_path, beihai) -> None:
+    data = np.zeros((13, 48, 48), np.float32)
+    data[:, :20, :20] = beihai.read(1)[:, :20, :20]  # real pixels in one corner, 0 = nodata
+    path = _write_multiband(tmp_path / "corner.tif", data, beihai.transform, beihai.crs)
+    ds = PretrainWindowDataset(
+        build_sources(path.parent, "folder"),
+        window_size=16,
+        samples_per_epoch=10,
+        max_nodata_fraction=0.5,
+        max_tries=200,
+    )
+    for i in range(len(ds)):
+        valid = ~(ds[i]["view1"].numpy() == 0).all(axis=0)
+        assert valid.mean() >= 0.5
+
+    (tmp_path / "empty").mkdir()
+    empty = tmp_path / "empty" / "zeros.tif"
+    _write_multiband(empty, np.zeros((13, 32, 32)), beihai.transform, beihai.crs)
+    ds_empty = PretrainWindowDataset(build_sources(empty.parent), window_size=16)
+    with pytest.raises(PretrainDataError, match="zeros.tif"):
+        ds_empty[0]
+
+
+def test_ssl4eo_layout_resamples_coarse_bands(tmp_path) -> None:
+    # Lay the real beihai band files out as SSL4EO-S12 does: s2c/<location>/<acquisition>/B1.tif
+    acq = tmp_path / "s2c" / "0000042" / "20161209T031122_20161209T031122_T49QCD"
+    acq.mkdir(parents=True)
+    for f in (OSCD_MINI / "Onera Satellite Change Detection dataset - Images/beihai/imgs_1").glob(
+        "*.tif"
+    ):
+        band = f.stem.rsplit("_", 1)[1]  # B01 .. B12, B8A
+        shutil.copy(f, acq / f"B{band[1:].lstrip('0')}.tif")
+    assert detect_format(tmp_path) == "ssl4eo"
+    sources = build_sources(tmp_path)
+    assert len(sources) == 1 and sources[0].scene == "0000042"
+    assert sources[0].date == "20161209" and sources[0].bands == S2
+    assert sources[0].shape == (48, 48)  # the 10 m grid
+    ds = PretrainWindowDataset(sources, window_size=48, samples_per_epoch=1)
+    view = ds[0]["view1"].numpy()
+    reference = OSCDCity(OSCD_MINI, "beihai").read(1) * 1e-4
+    np.testing.assert_allclose(view[[1, 2, 3, 7]], reference[[1, 2, 3, 7]], rtol=1e-6)  # 10 m
+    # 20 m bands: rasterio's bilinear upsampling vs the OSCD reader's, same footprint.
+    for b in (4, 5, 6, 8, 11, 12):
+        corr = np.corrcoef(view[b].ravel(), reference[b].ravel())[0, 1]
+        assert corr > 0.9, S2[b]
+
+
+def test_band_stats_are_per_band(beihai) -> None:
+    ds = PretrainWindowDataset(build_sources(OSCD_MINI), window_size=32, samples_per_epoch=8)
+    mean, std = compute_band_stats(ds, num_samples=8)
+    assert len(mean) == len(std) == 13
+    data = beihai.read(1) * 1e-4
+    # Same order of magnitude as the imagery itself (reflectance), and a real spread.
+    assert all(0 < m < 1 for m in mean) and all(s > 0 for s in std)
+    assert mean[1] == pytest.approx(float(data[1].mean()), rel=0.5)
+
+
+def test_bad_inputs_name_the_file(tmp_path, s2_folder) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,scene\nx.tif,a\n")
+    with pytest.raises(PretrainDataError, match=r"bad.csv.*path,scene_id"):
+        build_sources(bad)
+    missing = tmp_path / "missing.csv"
+    missing.write_text("path,scene_id\nnope.tif,a\n")
+    with pytest.raises(PretrainDataError, match=r"missing.csv:2.*nope.tif"):
+        build_sources(missing)
+    with pytest.raises(PretrainDataError, match="band B99 not found"):
+        build_sources(s2_folder, bands=["B02", "B99"])
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(PretrainDataError, match="emptydir"):
+        build_sources(tmp_path / "emptydir")
+    with pytest.raises(PretrainDataError, match="smaller --crop-size"):
+        PretrainWindowDataset(build_sources(s2_folder), window_size=64)
