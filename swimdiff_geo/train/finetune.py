@@ -201,6 +201,12 @@ class HeadTask(L.LightningModule):
             self.model.encoder.eval()
         return self
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning restores the train/eval flag of every submodule itself around validation,
+        # bypassing train(); re-assert eval mode of a frozen encoder before every step.
+        if self.freeze_encoder:
+            self.model.encoder.eval()
+
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
