@@ -224,8 +224,11 @@ class GdalBackend:
 
     # -- inputs -----------------------------------------------------------------------------
     def _open_dataset(self, path: str) -> gdal.Dataset:
-        if not Path(path).exists() and not path.startswith("/vsi"):
-            raise InputError(path, "file not found")
+        if not path.startswith("/vsi"):  # GDAL virtual file systems have no local file
+            if not Path(path).exists():
+                raise InputError(path, "file not found")
+            if Path(path).is_dir():
+                raise InputError(path, "is a folder, not a raster file")
         try:
             with _gdal_errors():
                 ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)

@@ -328,6 +328,8 @@ def test_missing_and_non_raster_files_name_the_file(backend, tmp_path, gdal_exce
     missing = str(tmp_path / "nope.tif")
     with pytest.raises(InputError, match="nope.tif: file not found"):
         backend.open(missing)
+    with pytest.raises(InputError, match="is a folder, not a raster file"):
+        backend.open(str(tmp_path))
     text = tmp_path / "notes.tif"
     text.write_text("not a raster\n")
     with pytest.raises(InputError, match=r"notes\.tif: not a raster GDAL can read"):
