@@ -21,7 +21,7 @@ from swimdiff_geo.train.finetune import finetune_change, load_head_checkpoint
 from tests.datasets.test_change_data import write_city_pair
 from tests.datasets.test_oscd import build_oscd_labelled
 
-TINY = ["--epochs", "1", "--batch-size", "4", "--crop-size", "32", "--samples-per-epoch", "8",
+TINY = ["--epochs", "1", "--batch-size", "4", "--crop-size", "32", "--samples-per-epoch", "4",
         "--val-tile", "48"]  # fmt: skip
 
 
@@ -119,7 +119,7 @@ def test_frozen_encoder_weights_and_statistics_do_not_move(oscd_root: Path, tmp_
     before = torch.load(encoder_path, weights_only=True)
     finetune_change(
         oscd_root, tmp_path / "frozen", ["beihai"], ["saclay_e"], encoder=encoder_path,
-        freeze_encoder=True, epochs=1, batch_size=4, crop_size=32, samples_per_epoch=8,
+        freeze_encoder=True, epochs=1, batch_size=4, crop_size=32, samples_per_epoch=4,
         val_tile=48, lr=1e-2, print_fn=lambda s: None,
     )  # fmt: skip
     task = load_head_checkpoint(tmp_path / "frozen" / "last.ckpt")

@@ -1,0 +1,118 @@
+"""ONNX export: embedding models from encoder.pt, int8 quantisation, parity enforcement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+from swimdiff_geo.cli.main import cli
+
+from swimdiff_geo.export import (
+    ExportError,
+    check_parity,
+    export_model,
+    export_onnx,
+    load_export_source,
+    real_windows,
+)
+from swimdiff_geo.inference.contract import load_model
+from swimdiff_geo.models.encoder import build_encoder
+from swimdiff_geo.train.finetune import finetune_change
+from tests.datasets.test_landcover_data import RASTER
+from tests.datasets.test_oscd import build_oscd_labelled
+
+
+@pytest.fixture(scope="module")
+def change_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = build_oscd_labelled(tmp_path_factory.mktemp("oscd") / "oscd")
+    out = tmp_path_factory.mktemp("run")
+    finetune_change(
+        root, out, ["beihai"], ["saclay_e"], epochs=1, batch_size=4, crop_size=32,
+        samples_per_epoch=4, val_tile=32, print_fn=lambda s: None,
+    )  # fmt: skip
+    return out / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def encoder_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("enc") / "encoder.pt"
+    torch.save(build_encoder("resnet18", in_channels=13).state_dict(), path)
+    return path
+
+
+def test_encoder_exports_as_embedding_model(encoder_pt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "encoder.onnx"
+    result = CliRunner().invoke(
+        cli, ["export", str(encoder_pt), "-o", str(out), "--data", str(RASTER),
+              "--input-scale", "1", "--tile-size", "64", "--exporter", "torchscript"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    loaded = load_model(out, expected_type="embedding")
+    c = loaded.contract
+    assert c.bands[9] == "B09" and c.num_dates == 1 and c.tile_size == 64
+    assert c.extra["embedding_dim"] == 512 and c.extra["feature_stride"] == 32
+    assert c.extra["outputs"] == ["embedding", "feature_map"]
+    assert [o.name for o in loaded.session.get_outputs()] == ["embedding", "feature_map"]
+    with rasterio.open(RASTER) as src:
+        x = src.read(window=((0, 70), (0, 99)))[None].astype(np.float32)
+    pooled, fmap = loaded.session.run(None, {loaded.input_name: np.concatenate([x, x[..., ::-1]])})
+    assert pooled.shape == (2, 512) and fmap.shape == (2, 512, 3, 4)
+    np.testing.assert_allclose(pooled, fmap.mean(axis=(2, 3)), atol=1e-5)
+    encoder = build_encoder("resnet18", in_channels=13, init_weights=encoder_pt).eval()
+    with torch.no_grad():
+        ref = encoder(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(pooled[:1], ref, atol=1e-4)
+
+
+def test_encoder_with_unknown_bands_needs_names(tmp_path: Path) -> None:
+    path = tmp_path / "enc4.pt"
+    torch.save(build_encoder("resnet18", in_channels=4).state_dict(), path)
+    with pytest.raises(ExportError, match="takes 4 bands; name them with --bands"):
+        load_export_source(path)
+    source = load_export_source(path, bands=["RED", "GREEN", "BLUE", "NIR"], input_scale=1 / 255)
+    assert source.contract.bands == ["RED", "GREEN", "BLUE", "NIR"]
+    not_a_ckpt = tmp_path / "notes.pt"
+    not_a_ckpt.write_text("hello")
+    with pytest.raises(ExportError, match="not a torch checkpoint"):
+        load_export_source(not_a_ckpt)
+
+
+def test_parity_check_catches_a_different_graph(change_ckpt: Path, tmp_path: Path) -> None:
+    source = load_export_source(change_ckpt)
+    out = export_onnx(source, tmp_path / "change.onnx", exporter="torchscript")
+    windows = real_windows(source, "val", 2)
+    assert windows.shape == (2, 26, 32, 32)  # 2 of the 4 tiles of the 45 x 46 validation city
+    report = check_parity(source, out, windows, print_fn=lambda s: None)
+    assert report["max_abs_diff"] <= 1e-4
+    with torch.no_grad():  # now PyTorch differs from the exported file
+        source.module.model.decoder.head.bias += 0.5
+    with pytest.raises(ExportError, match="parity check failed"):
+        check_parity(source, out, windows, print_fn=lambda s: None)
+
+
+def test_int8_export_reports_quality_and_speed(change_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "change.onnx"
+    report = export_model(
+        change_ckpt, out, int8=True, exporter="torchscript", print_fn=lambda s: None
+    )
+    int8 = report["int8"]
+    assert Path(int8["onnx"]) == tmp_path / "change.int8.onnx"
+    for key in ("f1_fp32", "f1_int8", "f1_change", "seconds_per_window_fp32",
+                "seconds_per_window_int8", "speedup"):  # fmt: skip
+        assert key in int8
+    assert int8["size_mb_int8"] < 0.5 * int8["size_mb_fp32"]
+    quantised = load_model(int8["onnx"], expected_type="change_detection")
+    fp32 = load_model(out)
+    assert quantised.contract.bands == fp32.contract.bands
+    assert "quantization" in quantised.contract.extra
+    ops = {n.op_type for n in onnx.load(int8["onnx"]).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    saved = json.loads((tmp_path / "change.export.json").read_text())
+    assert saved["int8"]["f1_int8"] == pytest.approx(int8["f1_int8"])
