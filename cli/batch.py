@@ -114,6 +114,11 @@ def batch(
     except SwimdiffError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo(
+            "\ninterrupted: finished jobs are kept; run the same command to resume", err=True
+        )
+        sys.exit(130)
     finally:
         if bar is not None:
             bar.close()

@@ -346,7 +346,9 @@ def _parse_row(
         problems.add(where, "column 'job_id' is empty")
     else:
         job_id = str(job_id).strip()
-        if not JOB_ID_PATTERN.match(job_id):
+        if job_id.casefold() == REPORT_NAME:
+            problems.add(f"{label}, column 'job_id'", f"{REPORT_NAME} is the report's file name")
+        elif not JOB_ID_PATTERN.match(job_id):
             problems.add(
                 f"{label}, column 'job_id'",
                 "must start with a letter or digit and hold only letters, digits, '.', '_' and "
@@ -731,12 +733,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_job(job: Job, out_root: str, threads: int | None = None) -> JobResult:
+def run_job(
+    job: Job,
+    out_root: str,
+    threads: int | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+) -> JobResult:
     """Run one job into ``out_root/<job_id>/`` and mark it done; never raises for a job error.
 
     ``threads`` = onnxruntime intra-op threads (None: this machine's cores over its Dask task
     slots, 1 slot outside Dask). A failure is returned as a ``failed`` result with the message;
-    the job's folder is then absent or holds no marker.
+    the job's folder is then absent or holds no marker. ``is_cancelled`` is polled by the engine
+    between window batches (a cancelled job removes its partial outputs and fails).
     """
     folder = job_dir(out_root, job)
     started = time.perf_counter()
@@ -748,7 +756,7 @@ def run_job(job: Job, out_root: str, threads: int | None = None) -> JobResult:
         _prepare_folder(folder)
         options = kind.options_cls(**job.options, threads=threads, overwrite=True)
         outputs = kind.outputs_cls.in_dir(folder, **job.layout)
-        summary = kind.run(*job.images, outputs, options)
+        summary = kind.run(*job.images, outputs, options, is_cancelled=is_cancelled)
         runtime = round(time.perf_counter() - started, 3)
         finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
         numbers = summary_numbers(job.task, summary)
@@ -918,9 +926,26 @@ def run_batch(
     return results
 
 
+_POOL_CANCEL: Any = None  # in a pool worker: the batch's multiprocessing Event "stop now"
+
+
+def _init_pool_worker(parent_pid: int, cancel: Any) -> None:
+    global _POOL_CANCEL
+    _POOL_CANCEL = cancel
+    _watch_parent(parent_pid)
+
+
+def _run_job_in_pool(job: Job, out_root: str, threads: int) -> JobResult | None:
+    """The pool task: None without running when the batch was interrupted meanwhile (the pool
+    hands out queued jobs that can no longer be cancelled from the parent)."""
+    if _POOL_CANCEL is not None and _POOL_CANCEL.is_set():
+        return None
+    return run_job(job, out_root, threads, _POOL_CANCEL.is_set if _POOL_CANCEL else None)
+
+
 def _watch_parent(parent_pid: int) -> None:
-    """Pool initializer: exit when the batch process dies (e.g. ``kill -9``), so that no
-    orphaned worker keeps writing into a folder that a rerun is about to redo."""
+    """Exit when the batch process dies (e.g. ``kill -9``), so that no orphaned pool worker
+    keeps writing into a folder that a rerun is about to redo."""
 
     def watch() -> None:
         while True:
@@ -942,26 +967,36 @@ def _run_pool(
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")
+    cancel = context.Event()
     with ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)),
         mp_context=context,
-        initializer=_watch_parent,
-        initargs=(os.getpid(),),
+        initializer=_init_pool_worker,
+        initargs=(os.getpid(), cancel),
     ) as pool:
-        futures = {pool.submit(run_job, job, out_root, threads): job for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                result = future.result()
-            except Exception as exc:  # noqa: BLE001 - a worker process died (OOM kill, crash)
-                result = JobResult(
-                    job.job_id,
-                    job.task,
-                    STATUS_FAILED,
-                    error=f"worker process failed: {error_message(exc)}; rerun the batch to retry",
-                    output_dir=job_dir(out_root, job),
-                )
-            record(result)
+        futures = {pool.submit(_run_job_in_pool, job, out_root, threads): job for job in jobs}
+        try:
+            for future in as_completed(futures):
+                job = futures[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker died (OOM kill, crash)
+                    result = JobResult(
+                        job.job_id,
+                        job.task,
+                        STATUS_FAILED,
+                        error=f"worker process failed: {error_message(exc)}; "
+                        "rerun the batch to retry",
+                        output_dir=job_dir(out_root, job),
+                    )
+                record(result)
+        except BaseException:
+            # Ctrl-C: running jobs stop at their next window batch (removing partial outputs),
+            # queued ones do not start. Without this, leaving the pool's context would first
+            # run every queued job.
+            cancel.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _run_dask(
@@ -997,19 +1032,23 @@ def _run_dask(
                 retries=0,
             )
             futures[future] = job
-        for future in as_completed(list(futures), loop=client.loop):
-            job = futures[future]
-            try:
-                result = future.result()
-            except Exception as exc:  # noqa: BLE001 - worker lost, unpicklable, ...
-                result = JobResult(
-                    job.job_id,
-                    job.task,
-                    STATUS_FAILED,
-                    error=f"Dask task failed: {error_message(exc)}",
-                    output_dir=job_dir(out_root, job),
-                )
-            record(result)
+        try:
+            for future in as_completed(list(futures), loop=client.loop):
+                job = futures[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # noqa: BLE001 - worker lost, unpicklable, ...
+                    result = JobResult(
+                        job.job_id,
+                        job.task,
+                        STATUS_FAILED,
+                        error=f"Dask task failed: {error_message(exc)}",
+                        output_dir=job_dir(out_root, job),
+                    )
+                record(result)
+        except BaseException:
+            client.cancel(list(futures))  # Ctrl-C: queued tasks must not run unrecorded
+            raise
     finally:
         client.close()
 

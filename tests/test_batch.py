@@ -334,6 +334,35 @@ def test_kill_9_of_a_pool_batch_leaves_no_worker_writing(scenes, reference, tmp_
         assert_same_outputs(out / f"x_{job_id}", reference / job_id)
 
 
+def test_ctrl_c_stops_a_pool_batch_without_running_the_queue(scenes, reference, tmp_path):
+    folder, rows = scenes
+    copies = [dict(r, job_id=f"x_{r['job_id']}") for r in rows]
+    manifest = write_manifest(folder / "jobs_twice.csv", rows + copies)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swimdiff_geo.cli.main", "batch", str(manifest), "-o", str(out),
+         "-q", "--workers", "2"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and not markers(out):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    done_at_interrupt = len(markers(out))
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "run the same command to resume" in stderr
+    # at most the two running jobs (and one finishing as the signal lands) complete; the pool
+    # has 3 more queued that must not start
+    assert len(markers(out)) <= done_at_interrupt + 3, "queued jobs ran after Ctrl-C"
+    assert not list(out.glob("*/.swimdiff-tmp-*"))
+    statuses = {r["status"] for r in read_report(out).values()}
+    assert "pending" in statuses and "failed" not in statuses
+    result = run_cli("batch", manifest, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    for job_id in ALL_JOBS:
+        assert_same_outputs(out / f"x_{job_id}", reference / job_id)
+
+
 def test_only_the_job_whose_option_input_or_outputs_changed_reruns(scenes, tmp_path):
     folder, rows = scenes
     subset = [dict(r) for r in rows if r["job_id"] in ("c1", "c2", "l2")]
