@@ -22,7 +22,9 @@ import contextlib
 import csv
 import dataclasses
 import datetime as _dt
+import functools
 import inspect
+import io
 import json
 import math
 import os
@@ -113,11 +115,13 @@ class TaskKind:
         }
 
 
+@functools.cache
 def task_kinds() -> dict[str, TaskKind]:
-    """The tasks this installation can run (land cover once its engine module is present)."""
+    """The manifest's ``task`` values and the engine job each runs."""
     from .inference.change import ChangeOptions, ChangeOutputs, detect_change
+    from .inference.landcover import LandcoverOptions, LandcoverOutputs, map_landcover
 
-    kinds = {
+    return {
         "change": TaskKind(
             "change",
             "change_detection",
@@ -125,16 +129,16 @@ def task_kinds() -> dict[str, TaskKind]:
             ChangeOptions,
             ChangeOutputs,
             detect_change,
-        )
+        ),
+        "landcover": TaskKind(
+            "landcover",
+            "segmentation",
+            ("image",),
+            LandcoverOptions,
+            LandcoverOutputs,
+            map_landcover,
+        ),
     }
-    try:
-        from .inference.landcover import LandcoverOptions, LandcoverOutputs, map_landcover
-    except ImportError:  # pragma: no cover - only while the land-cover engine is absent
-        return kinds
-    kinds["landcover"] = TaskKind(
-        "landcover", "segmentation", ("image",), LandcoverOptions, LandcoverOutputs, map_landcover
-    )
-    return kinds
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,8 +210,7 @@ def read_manifest_rows(path: str) -> tuple[list[tuple[str, dict[str, Any]]], lis
 
 
 def _csv_rows(path: str, text: str, delimiter: str):
-    lines = [ln for ln in text.splitlines(keepends=True)]
-    reader = csv.reader(lines, delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     rows: list[tuple[str, dict[str, Any]]] = []
     problems = _Problems(path)
@@ -676,30 +679,13 @@ def summary_numbers(task: str, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _class_areas_ha(summary: dict[str, Any]) -> dict[str, float] | None:
-    """Class name -> area (ha) from a land-cover summary, whichever way the engine lists them."""
-    classes = summary.get("classes")
-    areas: dict[str, float] = {}
-    if isinstance(classes, list):
-        for entry in classes:
-            if not isinstance(entry, dict):
-                continue
-            name = str(
-                entry.get("class_name") or entry.get("name") or entry.get("class_id", len(areas))
-            )
-            if entry.get("area_ha") is not None:
-                areas[name] = float(entry["area_ha"])
-            elif entry.get("area_m2") is not None:
-                areas[name] = float(entry["area_m2"]) / 1e4
-    elif isinstance(classes, dict):
-        for name, entry in classes.items():
-            if isinstance(entry, dict):
-                value = entry.get("area_ha")
-                if value is None and entry.get("area_m2") is not None:
-                    value = float(entry["area_m2"]) / 1e4
-                if value is not None:
-                    areas[str(entry.get("name", name))] = float(value)
-            elif isinstance(entry, (int, float)):
-                areas[str(name)] = float(entry)
+    """Class name -> area (ha) from a land-cover summary's ``classes`` table; None when the
+    image is not georeferenced (no areas)."""
+    areas = {
+        str(entry.get("class_name") or entry["class_id"]): float(entry["area_ha"])
+        for entry in summary.get("classes", [])
+        if entry.get("area_ha") is not None
+    }
     return areas or None
 
 
@@ -799,8 +785,6 @@ def error_message(exc: BaseException) -> str:
 
 def format_report(jobs: Sequence[Job], results: dict[str, JobResult]) -> str:
     """``batch_report.csv``: one row per job in manifest order (``pending`` = not run yet)."""
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, REPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -815,7 +799,7 @@ def format_report(jobs: Sequence[Job], results: dict[str, JobResult]) -> str:
                 "changed_area_ha": _fmt(r.changed_area_ha),
                 "changed_percent": _fmt(r.changed_percent),
                 "class_areas_ha": ";".join(
-                    f"{name}={value:.6g}" for name, value in (r.class_areas_ha or {}).items()
+                    f"{name}={value!r}" for name, value in (r.class_areas_ha or {}).items()
                 ),
                 "error": r.error,
                 "output_dir": r.output_dir,
@@ -869,6 +853,7 @@ class BatchPlan:
 
 
 def plan(jobs: Iterable[Job], out_root: str) -> BatchPlan:
+    """Split ``jobs`` by their done-markers in ``out_root`` (read only, no lock needed)."""
     done: dict[str, JobResult] = {}
     to_run: list[Job] = []
     for job in jobs:

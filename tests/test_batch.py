@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 CHANGE_CROPS = [("c1", 0, 0), ("c2", 180, 40), ("c3", 360, 120), ("c4", 520, 240)]
 LANDCOVER_CROPS = [("l1", 60, 200), ("l2", 400, 10)]
 CROP_W, CROP_H = 160, 128
+# a valid manifest row whose files need not exist (validation happens before any job runs)
+GOOD = {"job_id": "a", "task": "change", "image": "a.tif", "image_b": "b.tif"}
 
 
 def run_cli(*args: object):
@@ -416,10 +418,20 @@ def test_dask_local_cluster_gives_identical_outputs(scenes, reference, tmp_path)
     assert_same_batch(out, reference, ALL_JOBS)
 
 
+def test_a_second_batch_on_a_busy_output_folder_is_refused(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    manifest = write_manifest(tmp_path / "jobs.csv", [GOOD])
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".batch.lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running batch holds it
+        result = run_cli("batch", manifest, "-o", out)
+    assert result.exit_code == 1
+    assert f"{out}: another swimdiff-geo batch is writing to this folder" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [".batch.lock"]
+
+
 # --- manifest validation: exit 2, and the message names the manifest, the row and the column
-
-
-GOOD = {"job_id": "a", "task": "change", "image": "a.tif", "image_b": "b.tif"}
 
 
 @pytest.mark.parametrize(
