@@ -1,0 +1,191 @@
+"""detect-change on real rasters: georeferencing, alignment, nodata, bands, polygons, areas."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import fiona
+import numpy as np
+import pytest
+import rasterio
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change
+
+
+def _run(a, b, out, model, **options):
+    outputs = ChangeOutputs.in_dir(str(out))
+    summary = detect_change(str(a), str(b), outputs, ChangeOptions(model=str(model), **options))
+    return outputs, summary
+
+
+def test_outputs_keep_a_georeferencing_and_cog_layout(landsat_pair, landsat_change_model, tmp_path):
+    outputs, summary = _run(*landsat_pair, tmp_path / "out", landsat_change_model)
+    with rasterio.open(landsat_pair[0]) as a:
+        a_crs, a_transform, a_shape = a.crs, a.transform, a.shape
+    for path, dtype, nodata in (
+        (outputs.probability, "float32", -1.0),
+        (outputs.mask, "uint8", 255),
+    ):
+        with rasterio.open(path) as ds:
+            assert ds.crs == a_crs and ds.transform.almost_equals(a_transform)
+            assert ds.shape == a_shape and ds.dtypes[0] == dtype and ds.nodata == nodata
+            assert ds.profile["tiled"] and ds.compression.name == "deflate"
+            if max(ds.shape) > 512:
+                assert ds.overviews(1), "COG layout needs internal overviews"
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+    assert not list((tmp_path / "out").glob(".swimdiff-tmp-*"))
+
+
+def _reproject(src_path, dst_path, dst_crs):
+    with rasterio.open(src_path) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, dst_crs, src.width, src.height, *src.bounds
+        )
+        profile = src.profile | {"crs": dst_crs, "transform": transform, "width": width,
+                                 "height": height}  # fmt: skip
+        with rasterio.open(dst_path, "w", **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(rasterio.band(src, band), rasterio.band(dst, band),
+                          resampling=Resampling.bilinear)  # fmt: skip
+
+
+def test_b_in_another_crs_is_warped_onto_a(landsat_pair, landsat_change_model, tmp_path):
+    """B reprojected to UTM and back gives nearly the probabilities of the same-grid run, and
+    far better than a B displaced by 3 pixels: so the alignment is right, not just present."""
+    a, b = landsat_pair
+    b_utm = tmp_path / "b_utm.tif"
+    _reproject(b, b_utm, "EPSG:32718")
+    ref, ref_summary = _run(a, b, tmp_path / "ref", landsat_change_model)
+    got, summary = _run(a, b_utm, tmp_path / "utm", landsat_change_model)
+    with rasterio.open(ref.probability) as r, rasterio.open(got.probability) as g:
+        assert g.crs == r.crs  # A's CRS, not B's
+        assert g.res == pytest.approx(r.res)
+        # the output is A's grid cut to the intersection: same pixel lattice
+        col = (g.transform.c - r.transform.c) / r.res[0]
+        row = (r.transform.f - g.transform.f) / r.res[1]
+        assert abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
+        col, row = round(col), round(row)
+        ref_p = r.read(1)[row : row + g.height, col : col + g.width]
+        got_p = g.read(1)
+    valid = (ref_p >= 0) & (got_p >= 0)
+    assert valid.mean() > 0.9
+    aligned_error = np.abs(ref_p - got_p)[valid].mean()
+    shifted_error = np.abs(ref_p[3:, 3:] - got_p[:-3, :-3])[valid[3:, 3:] & valid[:-3, :-3]].mean()
+    assert aligned_error < shifted_error / 3
+    assert any("reprojected" in w for w in summary["warnings"])
+
+
+def test_naip_grids_one_pixel_apart_are_aligned(naip_pair, tmp_path, models_dir):
+    from tests.model_builders import change_contract, pointwise_change_model
+
+    model = pointwise_change_model(
+        str(models_dir / "naip.onnx"),
+        change_contract(["RED", "GREEN", "BLUE", "NIR"], input_scale=1 / 255, tile_size=64),
+        40.0, -3.0,
+    )  # fmt: skip
+    outputs, summary = _run(*naip_pair, tmp_path / "out", model)
+    with rasterio.open(naip_pair[0]) as a, rasterio.open(outputs.mask) as m:
+        assert m.crs == a.crs and m.res == pytest.approx(a.res)
+        assert m.width <= a.width and m.height <= a.height
+    assert summary["pixels"]["valid"] > 0.9 * summary["pixels"]["total"]
+
+
+def test_polygon_areas_add_up_to_the_changed_area(landsat_pair, landsat_change_model, tmp_path):
+    outputs, summary = _run(*landsat_pair, tmp_path / "out", landsat_change_model)
+    with fiona.open(outputs.polygons) as layer:
+        features = list(layer)
+        assert layer.crs_wkt  # written in the raster's CRS
+        fields = set(layer.schema["properties"])
+    assert {"area_m2", "mean_probability"} <= fields
+    assert len(features) == summary["polygons"] > 0
+    polygon_pixels = sum(f["properties"]["pixels"] for f in features)
+    polygon_area = sum(f["properties"]["area_m2"] for f in features)
+    assert polygon_pixels == summary["pixels"]["changed"]
+    assert polygon_area == pytest.approx(summary["changed_area_m2"], rel=1e-9)
+    assert all(0.5 <= f["properties"]["mean_probability"] <= 1.0 for f in features)
+    # Independent check of the geodesic pixel area: a spherical-earth estimate within 0.5%.
+    with rasterio.open(outputs.mask) as m:
+        mask = m.read(1)
+        t = m.transform
+    rows = np.arange(m.height) + 0.5
+    lat = np.radians(t.f + rows * t.e)
+    r = 6371008.8
+    row_area = (r * math.radians(abs(t.e))) * (r * np.cos(lat) * math.radians(t.a))
+    spherical = float(((mask == 1).sum(axis=1) * row_area).sum())
+    assert polygon_area == pytest.approx(spherical, rel=5e-3)
+
+
+def test_min_area_drops_small_regions(landsat_pair, landsat_change_model, tmp_path):
+    _, all_regions = _run(*landsat_pair, tmp_path / "all", landsat_change_model)
+    outputs, large = _run(*landsat_pair, tmp_path / "large", landsat_change_model,
+                          min_area=200_000.0)  # fmt: skip
+    assert 0 < large["polygons"] < all_regions["polygons"]
+    with fiona.open(outputs.polygons) as layer:
+        assert min(f["properties"]["area_m2"] for f in layer) >= 200_000.0
+
+
+def test_nodata_in_either_date_is_nodata_in_every_output(
+    landsat_pair, landsat_change_model, copy_of, tmp_path
+):
+    b = copy_of(landsat_pair[1], "b_holes.tif")
+    with rasterio.open(b, "r+") as ds:
+        nodata = ds.nodata
+        assert nodata is not None
+        data = ds.read()
+        data[:, 50:120, 100:300] = nodata
+        ds.write(data)
+    outputs, summary = _run(landsat_pair[0], b, tmp_path / "out", landsat_change_model)
+    with rasterio.open(outputs.probability) as p, rasterio.open(outputs.mask) as m:
+        prob, mask = p.read(1), m.read(1)
+    assert (prob[50:120, 100:300] == -1.0).all()
+    assert (mask[50:120, 100:300] == 255).all()
+    assert ((prob == -1.0) == (mask == 255)).all()
+    assert summary["pixels"]["nodata"] >= 70 * 200
+
+
+def test_band_descriptions_order_the_bands(s2_pair, s2_change_model, tmp_path):
+    """A copy with shuffled bands but correct descriptions gives identical outputs."""
+    shuffled = []
+    rng = np.random.default_rng(0)
+    order = rng.permutation(13)
+    for i, path in enumerate(s2_pair):
+        with rasterio.open(path) as src:
+            data, names = src.read(), list(src.descriptions)
+            profile = src.profile
+        dst_path = tmp_path / f"shuffled_{i}.tif"
+        with rasterio.open(dst_path, "w", **profile) as dst:
+            dst.write(data[order])
+            for j, k in enumerate(order, start=1):
+                dst.set_band_description(j, names[k])
+        shuffled.append(dst_path)
+    ref, _ = _run(*s2_pair, tmp_path / "ref", s2_change_model)
+    got, _ = _run(*shuffled, tmp_path / "shuffled", s2_change_model)
+    with rasterio.open(ref.probability) as r, rasterio.open(got.probability) as g:
+        np.testing.assert_array_equal(r.read(), g.read())
+    # explicit --bands undoing the shuffle gives the same again
+    undo = [int(np.flatnonzero(order == k)[0]) + 1 for k in range(13)]
+    explicit, _ = _run(*shuffled, tmp_path / "explicit", s2_change_model, bands=undo)
+    with rasterio.open(ref.probability) as r, rasterio.open(explicit.probability) as e:
+        np.testing.assert_array_equal(r.read(), e.read())
+
+
+def test_equal_size_rasters_without_georeferencing_run_in_pixel_space(
+    landsat_pair, landsat_change_model, tmp_path
+):
+    plain = []
+    for i, path in enumerate(landsat_pair):
+        with rasterio.open(path) as src:
+            data, profile = src.read(), src.profile
+        profile.pop("crs"), profile.pop("transform")
+        dst = tmp_path / f"plain_{i}.png"
+        with rasterio.open(dst, "w", **(profile | {"driver": "PNG"})) as out:
+            out.write(data)
+        plain.append(dst)
+    outputs, summary = _run(*plain, tmp_path / "out", landsat_change_model)
+    assert any("neither input is georeferenced" in w for w in summary["warnings"])
+    assert summary["changed_area_m2"] is None
+    with rasterio.open(outputs.mask) as m:
+        assert m.crs is None
