@@ -11,7 +11,7 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
@@ -57,7 +57,10 @@ class RasterioSource:
         rio_win = _rio_window(window)
         try:
             data = self._ds.read(list(bands), window=rio_win, out_dtype="float32")
-            masks = self._ds.read_masks(list(bands), window=rio_win)
+            with warnings.catch_warnings():
+                # A declared nodata value wins over an alpha band: that is the intended mask.
+                warnings.simplefilter("ignore", NodataShadowWarning)
+                masks = self._ds.read_masks(list(bands), window=rio_win)
         except (RasterioError, RasterioIOError) as exc:
             raise InputError(
                 self.path, f"cannot read pixels (truncated or corrupt file?): {exc}"
