@@ -301,6 +301,16 @@ class EncoderExport(Callback):
         self._write(trainer, pl_module)
 
 
+class FinalCheckpoint(Callback):
+    """Writes ``last.ckpt`` when training ends (ModelCheckpoint only saves every N steps)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+
+
 class MetricsCSV(Callback):
     """Appends the logged metrics to ``metrics.csv`` every ``every`` steps (rank 0 only)."""
 
@@ -392,8 +402,12 @@ def build_dataset(cfg: PretrainConfig) -> tuple[PretrainWindowDataset, dict[str,
     return dataset, {"bands": list(dataset.bands), "input_scale": input_scale}
 
 
-def pretrain(cfg: PretrainConfig) -> Path:
-    """Run SwiMDiff pretraining as configured; returns the output folder (see module doc)."""
+def pretrain(cfg: PretrainConfig, callbacks: list[Callback] | None = None) -> Path:
+    """Run SwiMDiff pretraining as configured; returns the output folder (see module doc).
+
+    ``callbacks``: extra Lightning callbacks (monitoring, custom logging).
+    """
+    extra_callbacks = list(callbacks or [])
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -429,11 +443,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
             every_n_train_steps=max(1, cfg.checkpoint_every),
             save_on_train_epoch_end=True,
         ),
+        FinalCheckpoint(out / "last.ckpt"),
         EncoderExport(out),
         MetricsCSV(out / "metrics.csv", cfg.log_every),
     ]
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
+    callbacks += extra_callbacks
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,

@@ -15,6 +15,15 @@ from swimdiff_geo.models.swimdiff import SwiMDiff
 OSCD_MINI = Path(__file__).resolve().parents[1] / "data" / "oscd_mini"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine has 2 cores shared with other jobs: one thread avoids oversubscription.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def real_windows(n: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n real 13-band windows (DN / 10000) from the two tiny OSCD crops: (view_q, view_k, ids).
 
