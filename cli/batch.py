@@ -43,8 +43,8 @@ from swimdiff_geo.inference.errors import SwimdiffError
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="onnxruntime threads per job. Default: cores // workers (on Dask: a worker's cores "
-    "// its threads).",
+    help="onnxruntime threads per job. Default: cores // workers (on Dask: a host's cores // "
+    "the task slots of all its workers).",
 )
 @click.option(
     "--scheduler",

@@ -879,6 +879,23 @@ def run_batch(
     as ``pending``) and at the end. ``on_result`` sees each result, skipped ones first.
     """
     out_root = os.path.abspath(out_root)
+    # Connect first: an unreachable scheduler should not leave a report of pending jobs behind.
+    client = connect_dask(scheduler) if scheduler else None
+    try:
+        return _run_batch(jobs, out_root, workers, threads, client, on_result)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _run_batch(
+    jobs: Sequence[Job],
+    out_root: str,
+    workers: int,
+    threads: int | None,
+    client: Any,
+    on_result: Callable[[JobResult], None] | None,
+) -> dict[str, JobResult]:
     try:
         os.makedirs(out_root, exist_ok=True)
     except OSError as exc:
@@ -898,8 +915,8 @@ def run_batch(
                 on_result(result)
 
         if batch_plan.to_run:
-            if scheduler:
-                _run_dask(batch_plan.to_run, out_root, scheduler, threads, record)
+            if client is not None:
+                _run_dask(batch_plan.to_run, out_root, client, threads, record)
             elif workers <= 1:
                 local_threads = threads if threads is not None else available_cores()
                 for job in batch_plan.to_run:
@@ -984,58 +1001,72 @@ def _run_pool(
             raise
 
 
-def _run_dask(
-    jobs: Sequence[Job],
-    out_root: str,
-    scheduler: str,
-    threads: int | None,
-    record: Callable[[JobResult], None],
-) -> None:
+def connect_dask(scheduler: str, timeout_s: float = 20.0) -> Any:
+    """A ``distributed.Client`` for ``scheduler``, or :class:`BatchError` saying what is wrong."""
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError:
         raise BatchError(
             "--scheduler needs Dask distributed: pip install 'swimdiff-geo[distributed]'"
         ) from None
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:  # a malformed address would otherwise surface only as a hang at interpreter exit
+        scheme, location = parse_address(scheduler)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as exc:
+        raise BatchError(
+            f"--scheduler {scheduler}: not a Dask scheduler address ({exc}); "
+            "expected e.g. tcp://10.0.0.5:8786"
+        ) from None
     try:
-        client = Client(scheduler, timeout="20s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+        return Client(scheduler, timeout=f"{timeout_s}s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
         raise BatchError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+
+
+def _run_dask(
+    jobs: Sequence[Job],
+    out_root: str,
+    client: Any,
+    threads: int | None,
+    record: Callable[[JobResult], None],
+) -> None:
+    from distributed import as_completed
+
+    threads_by_host = _threads_by_host(client) if threads is None else {}
+    token = f"{os.getpid()}-{time.time_ns()}"
+    futures = {}
+    for job in jobs:
+        future = client.submit(
+            _run_job_on_dask_worker,
+            job,
+            out_root,
+            threads,
+            threads_by_host,
+            key=f"swimdiff-batch-{job.job_id}-{token}",
+            pure=False,
+            retries=0,
+        )
+        futures[future] = job
     try:
-        threads_by_host = _threads_by_host(client) if threads is None else {}
-        token = f"{os.getpid()}-{time.time_ns()}"
-        futures = {}
-        for job in jobs:
-            future = client.submit(
-                _run_job_on_dask_worker,
-                job,
-                out_root,
-                threads,
-                threads_by_host,
-                key=f"swimdiff-batch-{job.job_id}-{token}",
-                pure=False,
-                retries=0,
-            )
-            futures[future] = job
-        try:
-            for future in as_completed(list(futures), loop=client.loop):
-                job = futures[future]
-                try:
-                    result = future.result()
-                except Exception as exc:  # noqa: BLE001 - worker lost, unpicklable, ...
-                    result = JobResult(
-                        job.job_id,
-                        job.task,
-                        STATUS_FAILED,
-                        error=f"Dask task failed: {error_message(exc)}",
-                        output_dir=job_dir(out_root, job),
-                    )
-                record(result)
-        except BaseException:
-            client.cancel(list(futures))  # Ctrl-C: queued tasks must not run unrecorded
-            raise
-    finally:
-        client.close()
+        for future in as_completed(list(futures), loop=client.loop):
+            job = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - worker lost, unpicklable, ...
+                result = JobResult(
+                    job.job_id,
+                    job.task,
+                    STATUS_FAILED,
+                    error=f"Dask task failed: {error_message(exc)}",
+                    output_dir=job_dir(out_root, job),
+                )
+            record(result)
+    except BaseException:
+        client.cancel(list(futures))  # Ctrl-C: queued tasks must not run unrecorded
+        raise
 
 
 def _threads_by_host(client: Any) -> dict[str, int]:
