@@ -325,7 +325,7 @@ def _fit(
         accelerator=accelerator,
         devices=1,
         default_root_dir=out_dir,
-        logger=CSVLogger(out_dir, name="logs", version=""),
+        logger=CSVLogger(out_dir, name="logs"),  # logs/version_N/metrics.csv, one per run
         callbacks=[checkpoint, EpochPrinter(print_fn)],
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
@@ -371,20 +371,40 @@ def _resolution_cm(transform: Any, crs: Any) -> float | None:
     return round(abs(transform.a) * factor * 100.0, 3)
 
 
-def _best_metrics(out_dir: Path) -> dict[str, float]:
-    """Validation metrics of the epoch saved as best.ckpt, read back from the CSV log."""
+def epoch_history(out_dir: Path) -> list[dict[str, float]]:
+    """Per-epoch logged metrics of every run (resumed runs too) in ``out_dir/logs/version_*``.
+
+    Lightning's CSV logger writes one ``metrics.csv`` per run (version); an epoch logged again by
+    a later (resumed) run replaces the earlier row.
+    """
     import csv
 
-    log = out_dir / "logs" / "metrics.csv"
-    if not log.is_file():
-        return {}
-    rows = [r for r in csv.DictReader(open(log)) if r.get("val_f1")]
+    by_epoch: dict[int, dict[str, float]] = {}
+    versions = sorted(
+        (out_dir / "logs").glob("version_*/metrics.csv"),
+        key=lambda p: int(p.parent.name.split("_")[-1]),
+    )
+    for log in versions:
+        with open(log, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("epoch") in (None, ""):
+                    continue
+                epoch = int(row["epoch"])
+                values = {
+                    k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"
+                }
+                values["epoch"] = epoch
+                by_epoch.setdefault(epoch, {}).update(values)
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _best_metrics(out_dir: Path) -> dict[str, float]:
+    """Validation metrics of the epoch saved as best.ckpt (highest val_f1)."""
+    rows = [r for r in epoch_history(out_dir) if "val_f1" in r]
     if not rows:
         return {}
-    best = max(rows, key=lambda r: float(r["val_f1"]))
-    return {k: float(v) for k, v in best.items() if v not in ("", None) and k.startswith("val")} | {
-        "epoch": int(best["epoch"])
-    }
+    best = max(rows, key=lambda r: r["val_f1"])
+    return {k: v for k, v in best.items() if k.startswith("val")} | {"epoch": int(best["epoch"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,8 +483,8 @@ def finetune_change(
     """Train a Siamese change detector on OSCD (a folder) or a manifest of pairs (a file).
 
     ``pos_weight="auto"`` weights change pixels by the square root of the no-change/change ratio
-    of the training labels (capped at 50). ``samples_per_epoch`` defaults to the number of crop-sized windows in
-    the training area. Returns the run summary also written to ``out_dir/metrics.json``.
+    of the training labels (capped at 50). ``samples_per_epoch`` defaults to the number of
+    crop-sized windows in the training area. Returns the run summary also written to ``out_dir/metrics.json``.
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
@@ -552,6 +572,7 @@ def finetune_change(
         "epochs": epochs,
         "best_checkpoint": str(out_dir / "best.ckpt"),
         "best": _best_metrics(out_dir),
+        "history": epoch_history(out_dir),
         "wall_time_s": round(time.monotonic() - started, 1),
     }
     best = load_head_checkpoint(out_dir / "best.ckpt")
@@ -934,6 +955,7 @@ def finetune_landcover(
         "epochs": epochs,
         "best_checkpoint": str(out_dir / "best.ckpt"),
         "best": _best_metrics(out_dir),
+        "history": epoch_history(out_dir),
         "validation": evaluation,
         "wall_time_s": round(time.monotonic() - started, 1),
     }

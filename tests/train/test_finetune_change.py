@@ -3,7 +3,6 @@ OSCD, labels of our own), export it to ONNX and run it through the engine."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from swimdiff_geo.cli.main import cli
 from swimdiff_geo.data.change import BandScaling
 from swimdiff_geo.data.oscd import OSCDCity
 from swimdiff_geo.inference.contract import load_model
-from swimdiff_geo.train.finetune import finetune_change, load_head_checkpoint
+from swimdiff_geo.train.finetune import epoch_history, finetune_change, load_head_checkpoint
 from tests.datasets.test_change_data import write_city_pair
 from tests.datasets.test_oscd import build_oscd_labelled
 
@@ -46,8 +45,8 @@ def trained(oscd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_run_writes_checkpoints_logs_and_metrics(trained: Path) -> None:
     assert (trained / "best.ckpt").is_file() and (trained / "last.ckpt").is_file()
-    rows = list(csv.DictReader(open(trained / "logs" / "metrics.csv")))
-    logged = {k for r in rows for k, v in r.items() if v}
+    rows = epoch_history(trained)
+    logged = {k for r in rows for k in r}
     assert {"val_f1", "val_precision", "val_recall", "val_iou", "train_loss"} <= logged
     summary = json.loads((trained / "metrics.json").read_text())
     assert summary["data"]["train"] == ["beihai"] and summary["data"]["val"] == ["saclay_e"]
@@ -152,3 +151,30 @@ def test_bad_inputs_give_clear_errors(oscd_root: Path, tmp_path: Path) -> None:
               "--val-cities", "saclay_e", "--out", str(tmp_path / "x")],
     )  # fmt: skip
     assert result.exit_code == 1 and "atlantis" in result.output
+
+
+def test_manifest_pairs_train_and_resume(tmp_path: Path) -> None:
+    """The user's own GeoTIFF pairs: band names from the descriptions, 16-bit -> DN / 10000;
+    a second call with more epochs and --resume continues from last.ckpt."""
+    a1, b1, m1 = write_city_pair("beihai", tmp_path / "beihai")
+    a2, b2, m2 = write_city_pair("saclay_e", tmp_path / "saclay")
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(
+        f"name,image_a,image_b,mask,split\nbeihai,{a1},{b1},{m1},train\nsaclay,{a2},{b2},{m2},val\n"
+    )
+    common = dict(
+        batch_size=4, crop_size=32, samples_per_epoch=4, val_tile=48, print_fn=lambda s: None
+    )
+    first = finetune_change(manifest, tmp_path / "run", epochs=1, **common)
+    assert first["data"]["kind"] == "manifest"
+    assert first["data"]["train"] == ["beihai"] and first["data"]["val"] == ["saclay"]
+    contract = load_head_checkpoint(tmp_path / "run" / "best.ckpt").hparams.contract
+    assert contract["bands"] == list(OSCDCity.bands) and contract["input_scale"] == 1e-4
+    assert contract["resolution"] is None  # EPSG:4326 pixels have no size in metres
+    finetune_change(manifest, tmp_path / "run", epochs=2, resume=True, **common)
+    history = epoch_history(tmp_path / "run")
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert all("val_f1" in r for r in history)
+    assert len(list((tmp_path / "run" / "logs").glob("version_*"))) == 2
+    last = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2  # Lightning stores the number of completed epochs
