@@ -418,6 +418,26 @@ def test_dask_local_cluster_gives_identical_outputs(scenes, reference, tmp_path)
     assert_same_batch(out, reference, ALL_JOBS)
 
 
+def test_dry_run_lists_what_would_run_and_writes_nothing(scenes, reference, tmp_path):
+    folder, rows = scenes
+    extra = dict(rows[0], job_id="new_job")
+    manifest = write_manifest(tmp_path / "jobs.csv", [*rows, extra])
+    for row in (*rows, extra):  # this manifest lives elsewhere: absolute paths
+        for column in ("image", "image_b"):
+            row[column] = str(folder / str(row[column])) if row[column] else ""
+    write_manifest(manifest, [*rows, extra])
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+    result = run_cli("batch", manifest, "-o", reference, "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(
+        any(ln.startswith("skip (done)") and f" {j} " in ln for ln in lines) for j in ALL_JOBS
+    )
+    assert any(ln.startswith("run") and " new_job " in ln for ln in lines)
+    assert "7 jobs valid; 1 to run, 6 done" in result.output
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+
+
 def test_a_second_batch_on_a_busy_output_folder_is_refused(tmp_path):
     fcntl = pytest.importorskip("fcntl")
     manifest = write_manifest(tmp_path / "jobs.csv", [GOOD])
