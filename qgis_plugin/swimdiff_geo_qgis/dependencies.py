@@ -62,6 +62,14 @@ def _macos_python() -> str:
     return "/Applications/QGIS.app/Contents/MacOS/bin/python3"
 
 
+def _linux_python() -> str:
+    """The interpreter QGIS embeds: sys.executable when it is a python, else the system one."""
+    executable = sys.executable or ""
+    if os.path.basename(executable).startswith("python"):
+        return executable
+    return "/usr/bin/python3"
+
+
 def install_instructions(packages: list[str], system: str | None = None) -> str:
     """The exact commands that install ``packages`` into the Python that runs QGIS.
 
@@ -90,13 +98,17 @@ def install_instructions(packages: list[str], system: str | None = None) -> str:
             f'  "{python}" -m pip install --user {wanted}',
         ]
     else:
-        lines += [
-            f"  In a terminal (QGIS uses the system Python {python_version}):",
-            f"  python{python_version} -m pip install --user {wanted}",
-            "  (Debian 12 / Ubuntu 23.04 and later refuse this without "
-            "--break-system-packages; add it: it only affects your user's site-packages. "
-            "If pip itself is missing: sudo apt install python3-pip.)",
-        ]
+        python = _linux_python()
+        lines.append(f"  In a terminal (QGIS runs Python {python_version}: {python}):")
+        if sys.prefix != sys.base_prefix:  # QGIS started from a virtualenv: install into it
+            lines.append(f"  {python} -m pip install {wanted}")
+        else:
+            lines += [
+                f"  {python} -m pip install --user --break-system-packages {wanted}",
+                "  (--break-system-packages is needed on Debian 12 / Ubuntu 23.04 and later and "
+                "only touches your user's site-packages; drop it on older systems. If pip is "
+                "missing: sudo apt install python3-pip.)",
+            ]
     lines.append(
         "Check from the QGIS Python console: import onnxruntime; print(onnxruntime.__version__)"
     )

@@ -124,12 +124,13 @@ def test_missing_runtime_blocks_the_algorithm_with_install_steps(qgis_processing
     [
         ("Windows", "OSGeo4W Shell"),
         ("Darwin", '/Contents/MacOS/bin/python3" -m pip install --user onnxruntime'),
-        ("Linux", "-m pip install --user onnxruntime"),
+        ("Linux", f"{sys.executable} -m pip install "),
     ],
 )
 def test_install_instructions_per_platform(system, expected):
     text = dependencies.install_instructions(["onnxruntime"], system=system)
     assert expected in text
+    assert f"onnxruntime numpy=={sys.modules['numpy'].__version__}" in text
     assert "restart QGIS" in text
 
 
