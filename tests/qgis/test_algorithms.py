@@ -363,7 +363,38 @@ def test_image_with_wrong_bands_is_named(provider, tmp_path, s2_pair, landsat_im
         )
     message = str(caught.value)
     assert message.startswith(landsat_image) and "bands" in message
+    # The CLI says "--bands"; in QGIS the same setting is the BANDS parameter.
+    assert "map them with BANDS" in message and "--bands" not in message
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_bands_parameter_maps_raster_bands(provider, tmp_path, s2_pair, landsat_image):
+    by_description = _run(
+        "maplandcover", {"INPUT": landsat_image, "OUTPUT": str(tmp_path / "a.tif")}
+    )
+    explicit = _run(
+        "maplandcover",
+        {"INPUT": landsat_image, "BANDS": "1, 2,3,4", "OUTPUT": str(tmp_path / "b.tif")},
+    )
+    np.testing.assert_array_equal(_array(explicit["OUTPUT"]), _array(by_description["OUTPUT"]))
+    swapped = _run(
+        "maplandcover",
+        {"INPUT": landsat_image, "BANDS": "2,1,3,4", "OUTPUT": str(tmp_path / "c.tif")},
+    )
+    assert not np.array_equal(_array(swapped["OUTPUT"]), _array(by_description["OUTPUT"]))
+    for bad, expected in (("1,2", "BANDS lists 2 bands but the model takes 13"),
+                          ("1,x", "BANDS: '1,x' is not a comma-separated list")):  # fmt: skip
+        with pytest.raises(QgsProcessingException, match=expected):
+            _run(
+                "detectchange",
+                {
+                    "INPUT_A": s2_pair[0],
+                    "INPUT_B": s2_pair[1],
+                    "BANDS": bad,
+                    "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+                    "OUTPUT_MASK": str(tmp_path / "m.tif"),
+                },
+            )
 
 
 def test_polygons_must_be_a_geopackage(provider, tmp_path, s2_pair):

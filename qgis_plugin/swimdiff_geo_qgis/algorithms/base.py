@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
     QgsProviderRegistry,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -21,6 +23,22 @@ from qgis.PyQt.QtCore import QCoreApplication
 from .. import dependencies
 
 ONNX_FILTER = "ONNX models (*.onnx)"
+
+# Engine messages name the CLI's options; in QGIS the same settings are these parameters.
+_CLI_OPTION_TO_PARAMETER = {
+    "--bands": "BANDS",
+    "--min-area": "MIN_AREA",
+    "--model": "MODEL",
+    "--tile-size": "TILE_SIZE",
+    "--overlap": "OVERLAP",
+    "--threshold": "THRESHOLD",
+}
+_CLI_OPTION = re.compile(r"(?:" + "|".join(map(re.escape, _CLI_OPTION_TO_PARAMETER)) + r")\b")
+
+
+def qgis_terms(message: str) -> str:
+    """An engine message with CLI option names replaced by Processing parameter names."""
+    return _CLI_OPTION.sub(lambda m: _CLI_OPTION_TO_PARAMETER[m.group(0)], message)
 
 
 class SwimdiffAlgorithm(QgsProcessingAlgorithm):
@@ -56,6 +74,19 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
                 optional=True,
             )
         )
+
+    def add_bands_parameter(self) -> None:
+        """BANDS (advanced): 1-based band numbers in the model's band order, e.g. "2,3,4,8"."""
+        bands = QgsProcessingParameterString(
+            "BANDS",
+            self.tr(
+                "Band numbers in the model's band order, e.g. 2,3,4,8 (empty: by band "
+                "descriptions, else all bands in order)"
+            ),
+            optional=True,
+        )
+        bands.setFlags(bands.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(bands)
 
     def add_tiling_parameters(self) -> None:
         """TILE_SIZE and OVERLAP (advanced; empty = the model's metadata)."""
@@ -102,6 +133,18 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
         if not self.is_set(parameters, name):
             return None
         return self.parameterAsDouble(parameters, name, context)
+
+    def bands(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[int] | None:
+        """BANDS as a list of 1-based band numbers, None when empty."""
+        text = self.parameterAsString(parameters, "BANDS", context).strip()
+        if not text:
+            return None
+        try:
+            return [int(part) for part in text.replace(" ", "").split(",")]
+        except ValueError:
+            raise QgsProcessingException(
+                f"BANDS: {text!r} is not a comma-separated list of band numbers (e.g. 2,3,4,8)"
+            ) from None
 
     def raster_path(
         self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
@@ -168,7 +211,7 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
                 backend=GdalBackend(),
                 progress=progress,
                 is_cancelled=feedback.isCanceled,
-                log=feedback.pushInfo,
+                log=lambda message: feedback.pushInfo(qgis_terms(message)),
                 **kwargs,
             )
         except CancelledError as exc:
@@ -176,6 +219,6 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
                 self.tr("Cancelled: partial outputs were removed.") + f" ({exc})"
             ) from exc
         except SwimdiffError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(qgis_terms(str(exc))) from exc
         except ValueError as exc:  # option validation in the engine (threshold, tile size)
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(qgis_terms(str(exc))) from exc

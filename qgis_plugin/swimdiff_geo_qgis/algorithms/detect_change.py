@@ -72,6 +72,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
             )
         )
         self.add_tiling_parameters()
+        self.add_bands_parameter()
         self.addParameter(
             QgsProcessingParameterNumber(
                 "MIN_AREA",
@@ -129,6 +130,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
             threshold=self.optional_double(parameters, "THRESHOLD", context),
             tile_size=self.optional_int(parameters, "TILE_SIZE", context),
             overlap=self.optional_double(parameters, "OVERLAP", context),
+            bands=self.bands(parameters, context),
             min_area=self.parameterAsDouble(parameters, "MIN_AREA", context),
             overwrite=True,  # QGIS asked the user already; destinations are replaced
         )

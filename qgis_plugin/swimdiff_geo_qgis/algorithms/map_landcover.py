@@ -53,6 +53,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Image")))
         self.add_model_parameter("Land-cover ONNX model (empty: the bundled default)")
         self.add_tiling_parameters()
+        self.add_bands_parameter()
         stride = QgsProcessingParameterNumber(
             "STRIDE",
             self.tr(
@@ -100,6 +101,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             model=self.model_path(parameters, context),
             tile_size=self.optional_int(parameters, "TILE_SIZE", context),
             overlap=self.optional_double(parameters, "OVERLAP", context),
+            bands=self.bands(parameters, context),
             stride=self.optional_int(parameters, "STRIDE", context),
             overwrite=True,  # QGIS asked the user already; destinations are replaced
         )
