@@ -45,7 +45,9 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             "per class: class_id, class_name, pixels, area in m2 and ha, percent of the valid "
             "area.\n\n"
             "Empty model: the bundled default (a 4-band Landsat model). The image must hold the "
-            "bands the model expects, in its order (see Model information).\n\n"
+            "bands the model expects, in its order (see Model information): "
+            "named by band descriptions, or mapped with "
+            "the advanced BANDS parameter.\n\n"
             "Same engine and same pixels as the command line: swimdiff-geo map-landcover."
         )
 
