@@ -59,6 +59,7 @@ REPORT_COLUMNS = [
     "changed_area_ha",
     "changed_percent",
     "class_areas_ha",
+    "warnings",
     "error",
     "output_dir",
     "finished_at",
@@ -648,6 +649,7 @@ class JobResult:
     changed_area_ha: float | None = None
     changed_percent: float | None = None
     class_areas_ha: dict[str, float] | None = None
+    warnings: list[str] = field(default_factory=list)
     error: str = ""
     output_dir: str = ""
     finished_at: str = ""
@@ -663,19 +665,23 @@ class JobResult:
             changed_area_ha=result.get("changed_area_ha"),
             changed_percent=result.get("changed_percent"),
             class_areas_ha=result.get("class_areas_ha"),
+            warnings=result.get("warnings", []),
             output_dir=job_dir(out_root, job),
             finished_at=result.get("finished_at", ""),
         )
 
 
 def summary_numbers(task: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """The report's numbers from a job summary: changed area, or area per class (ha)."""
+    """The report's numbers from a job summary: changed area, or area per class (ha), and the
+    engine's warnings (e.g. date B reprojected, --min-area ignored)."""
+    warnings = [str(w) for w in summary.get("warnings", [])]
     if task == "change":
         return {
             "changed_area_ha": summary.get("changed_area_ha"),
             "changed_percent": summary.get("changed_percent_of_valid"),
+            "warnings": warnings,
         }
-    return {"class_areas_ha": _class_areas_ha(summary)}
+    return {"class_areas_ha": _class_areas_ha(summary), "warnings": warnings}
 
 
 def _class_areas_ha(summary: dict[str, Any]) -> dict[str, float] | None:
@@ -801,6 +807,7 @@ def format_report(jobs: Sequence[Job], results: dict[str, JobResult]) -> str:
                 "class_areas_ha": ";".join(
                     f"{name}={value!r}" for name, value in (r.class_areas_ha or {}).items()
                 ),
+                "warnings": " | ".join(" ".join(w.split()) for w in r.warnings),
                 "error": r.error,
                 "output_dir": r.output_dir,
                 "finished_at": r.finished_at,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,7 +166,7 @@ def assert_same_batch(got: Path, want: Path, job_ids: list[str]) -> None:
         assert_same_outputs(got / job_id, want / job_id)
     got_report, want_report = read_report(got), read_report(want)
     for job_id in job_ids:
-        for column in ("changed_area_ha", "changed_percent", "class_areas_ha"):
+        for column in ("changed_area_ha", "changed_percent", "class_areas_ha", "warnings"):
             assert got_report[job_id][column] == want_report[job_id][column], (job_id, column)
 
 
@@ -194,6 +195,7 @@ def test_job_folders_hold_what_the_single_job_commands_write(scenes, reference, 
     report = read_report(reference)
     for job_id in ALL_JOBS:
         summary = json.loads((reference / job_id / "summary.json").read_text())
+        assert report[job_id]["warnings"] == " | ".join(summary["warnings"])
         if job_id.startswith("c"):
             assert float(report[job_id]["changed_area_ha"]) == summary["changed_area_ha"]
             assert summary["changed_area_ha"] > 0
@@ -368,12 +370,11 @@ def test_ctrl_c_stops_a_pool_batch_without_running_the_queue(scenes, reference, 
 def test_only_the_job_whose_option_input_or_outputs_changed_reruns(scenes, tmp_path):
     folder, rows = scenes
     subset = [dict(r) for r in rows if r["job_id"] in ("c1", "c2", "l2")]
-    manifest = write_manifest(tmp_path / "jobs.csv", subset)
-    for row in subset:  # absolute paths: this manifest lives elsewhere
+    for row in subset:  # own copies of the inputs: this test touches one
         for column in ("image", "image_b"):
             if row[column]:
-                row[column] = str(folder / str(row[column]))
-    write_manifest(manifest, subset)
+                shutil.copy2(folder / str(row[column]), tmp_path / str(row[column]))
+    manifest = write_manifest(tmp_path / "jobs.csv", subset)
     out = tmp_path / "out"
 
     def rerun() -> dict[str, str]:
@@ -394,7 +395,7 @@ def test_only_the_job_whose_option_input_or_outputs_changed_reruns(scenes, tmp_p
     assert rerun() == {"c1": "skipped_done", "c2": "done", "l2": "skipped_done"}
     assert json.loads((out / "c2" / "summary.json").read_text())["threshold"] == 0.7
 
-    image = Path(subset[2]["image"])  # l2: a touched input (same bytes, newer mtime)
+    image = tmp_path / str(subset[2]["image"])  # l2: a touched input (same bytes, newer mtime)
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     assert rerun() == {"c1": "skipped_done", "c2": "skipped_done", "l2": "done"}
@@ -420,12 +421,12 @@ def test_dask_local_cluster_gives_identical_outputs(scenes, reference, tmp_path)
 
 def test_dry_run_lists_what_would_run_and_writes_nothing(scenes, reference, tmp_path):
     folder, rows = scenes
-    extra = dict(rows[0], job_id="new_job")
-    manifest = write_manifest(tmp_path / "jobs.csv", [*rows, extra])
-    for row in (*rows, extra):  # this manifest lives elsewhere: absolute paths
-        for column in ("image", "image_b"):
-            row[column] = str(folder / str(row[column])) if row[column] else ""
-    write_manifest(manifest, [*rows, extra])
+    rows = [*rows, dict(rows[0], job_id="new_job")]
+    rows = [  # this manifest lives elsewhere: absolute paths
+        {**row, **{c: str(folder / str(row[c])) for c in ("image", "image_b") if row[c]}}
+        for row in rows
+    ]
+    manifest = write_manifest(tmp_path / "jobs.csv", rows)
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
     result = run_cli("batch", manifest, "-o", reference, "--dry-run")
     assert result.exit_code == 0, result.output
