@@ -929,6 +929,7 @@ def _run_batch(
                 for job in batch_plan.to_run:
                     record(run_job(job, out_root, local_threads))
             else:
+                workers = min(workers, len(batch_plan.to_run))  # no idle worker holds cores
                 local_threads = threads or max(1, available_cores() // workers)
                 _run_pool(batch_plan.to_run, out_root, workers, local_threads, record)
         write_report(out_root, jobs, results)
@@ -978,7 +979,7 @@ def _run_pool(
     context = multiprocessing.get_context("spawn")
     cancel = context.Event()
     with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)),
+        max_workers=workers,
         mp_context=context,
         initializer=_init_pool_worker,
         initargs=(os.getpid(), cancel),
