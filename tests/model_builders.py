@@ -108,3 +108,24 @@ def pointwise_segmentation_numpy(x: np.ndarray, weights: np.ndarray) -> np.ndarr
     z -= z.max(axis=0, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=0, keepdims=True)
+
+
+def classification_contract(bands: list[str], classes: list[str], **overrides) -> ModelContract:
+    return segmentation_contract(bands, classes, model_type="classification",
+                                 name="test patch classifier", **overrides)  # fmt: skip
+
+
+def mean_pool_classifier_model(path: str, contract: ModelContract, weights: np.ndarray) -> str:
+    """Patch classifier softmax(W @ mean_hw(x)): ``(N, C, H, W)`` -> ``(N, K)``."""
+    k, c = weights.shape
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, "H", "W"])
+    y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", k])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [k, c, 1, 1], weights.astype(np.float32).ravel())
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+        helper.make_node("Conv", ["pooled", "w"], ["z4"]),
+        helper.make_node("Flatten", ["z4"], ["z"], axis=1),
+        helper.make_node("Softmax", ["z"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "mean_pool_classifier", [x], [y], [w])
+    return _save(graph, contract, path)
