@@ -908,6 +908,8 @@ def _run_batch(
     except OSError as exc:
         raise BatchError(f"{out_root}: cannot create the output folder: {exc}") from exc
     with output_lock(out_root):
+        for stale in Path(out_root).glob(f".{REPORT_NAME}.*.tmp"):  # a report write killed
+            stale.unlink(missing_ok=True)
         batch_plan = plan(jobs, out_root)
         results = dict(batch_plan.done)
         for result in batch_plan.done.values():

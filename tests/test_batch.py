@@ -272,6 +272,7 @@ def test_kill_9_mid_batch_then_rerun_finishes_each_job_once(scenes, reference, t
         else:
             assert report[job_id]["status"] == "done"
     assert not list(out.glob("*/.swimdiff-tmp-*")), "a killed job's temporary files remain"
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("*/.*.tmp"))
     assert_same_batch(out, reference, ALL_JOBS)
     for job_id in ALL_JOBS:
         assert_same_outputs(out / f"x_{job_id}", reference / job_id)
