@@ -8,9 +8,11 @@ import sys
 import click
 
 from swimdiff_geo.batch import (
+    REPORT_NAME,
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_SKIPPED,
+    Job,
     JobResult,
     ManifestError,
     available_cores,
@@ -90,7 +92,6 @@ def batch(
 
         where = f"Dask scheduler {scheduler}" if scheduler else _local_text(workers, threads)
         click.echo(f"{len(jobs)} jobs from {manifest} on {where}", err=True)
-
         bar = tqdm(total=len(jobs), desc="batch", unit="job", file=sys.stderr, dynamic_ncols=True)
 
     def on_result(result: JobResult) -> None:
@@ -126,8 +127,7 @@ def batch(
     click.echo(
         f"{len(jobs)} jobs: {counts[STATUS_DONE]} done, {counts[STATUS_SKIPPED]} already done "
         f"(skipped), {counts[STATUS_FAILED]} failed; report: "
-        f"{os.path.join(os.path.abspath(out_dir), 'batch_report.csv')}",
-        err=quiet,
+        f"{os.path.join(os.path.abspath(out_dir), REPORT_NAME)}"
     )
     if counts[STATUS_FAILED]:
         sys.exit(1)
@@ -155,7 +155,7 @@ def _result_line(result: JobResult) -> str:
     return f"job {result.job_id} {state}: {what} ({result.runtime_s or 0:.1f} s)"
 
 
-def _dry_run(jobs: list, out_dir: str) -> None:
+def _dry_run(jobs: list[Job], out_dir: str) -> None:
     out_root = os.path.abspath(out_dir)
     batch_plan = plan(jobs, out_root) if os.path.isdir(out_root) else None
     to_run = {j.job_id for j in batch_plan.to_run} if batch_plan else {j.job_id for j in jobs}
