@@ -136,6 +136,60 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Split rasters into scenes of N x N px (0: one scene per place).  [default: 0]",
 )
 @click.option(
+    "--stats-samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Windows used to compute band mean/std.  [default: 64]",
+)
+@click.option(
+    "--rrc-scale",
+    callback=_floats,
+    default=None,
+    help="Random resized crop area range MIN,MAX.  [default: 0.5,1.0]",
+)
+@click.option(
+    "--brightness",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Per-band brightness jitter (+-).  [default: 0.2]",
+)
+@click.option(
+    "--contrast",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Per-band contrast jitter (+-).  [default: 0.2]",
+)
+@click.option(
+    "--jitter-p",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Probability of the band jitter.  [default: 0.8]",
+)
+@click.option(
+    "--blur-p",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Probability of Gaussian blur.  [default: 0.5]",
+)
+@click.option(
+    "--rot90-p",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Probability of a 90/180/270-degree turn.  [default: 0.5]",
+)
+@click.option(
+    "--proj-hidden",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Projection MLP hidden width.  [default: 512]",
+)
+@click.option(
+    "--proj-dim",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Embedding size of the projection MLP.  [default: 128]",
+)
+@click.option(
     "--arch",
     type=click.Choice(["resnet18", "resnet50"]),
     default=None,
@@ -235,6 +289,18 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Learning rate.  [default: 0.03 x global batch / 256]",
 )
 @click.option(
+    "--base-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="LR per 256 samples when --lr is not given.  [default: 0.03]",
+)
+@click.option(
+    "--sgd-momentum",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="SGD momentum.  [default: 0.9]",
+)
+@click.option(
     "--weight-decay",
     type=click.FloatRange(min=0),
     default=None,
@@ -268,10 +334,21 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     help="Lightning precision: 32-true, bf16-mixed, 16-mixed.  [default: 32-true]",
 )
 @click.option(
+    "--sync-batchnorm/--no-sync-batchnorm",
+    default=None,
+    help="SyncBatchNorm across GPUs when training on several.  [default: yes]",
+)
+@click.option(
     "--num-workers",
     type=click.IntRange(min=0),
     default=None,
     help="Data loader processes per device.  [default: 2]",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch intra-op CPU threads per process.  [default: torch's choice]",
 )
 @click.option(
     "--checkpoint-every",

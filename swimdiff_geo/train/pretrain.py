@@ -113,6 +113,7 @@ class PretrainConfig:
     precision: str = "32-true"
     sync_batchnorm: bool = True
     num_workers: int = 2
+    threads: int | None = None
     checkpoint_every: int = 100
     log_every: int = 10
     resume: str | None = None
@@ -412,6 +413,8 @@ def pretrain(cfg: PretrainConfig, callbacks: list[Callback] | None = None) -> Pa
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     resume = _resolve_resume(cfg, out)
 
     dataset, band_info = build_dataset(cfg)

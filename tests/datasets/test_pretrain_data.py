@@ -226,3 +226,27 @@ def test_bad_inputs_name_the_file(tmp_path, s2_folder) -> None:
         build_sources(tmp_path / "emptydir")
     with pytest.raises(PretrainDataError, match="smaller --crop-size"):
         PretrainWindowDataset(build_sources(s2_folder), window_size=64)
+
+
+def test_sample_s2_pair_as_folder_and_as_temporal_manifest(tmp_path) -> None:
+    folder = Path(__file__).resolve().parents[2] / "sample_data" / "s2_pair"
+    sources = build_sources(folder, "folder")
+    assert [s.scene for s in sources] == ["s2_date_a", "s2_date_b"] and sources[0].bands == S2
+    manifest = tmp_path / "pair.csv"
+    manifest.write_text(
+        f"path,scene_id,date\n{folder / 's2_date_a.tif'},lasvegas,20150820\n"
+        f"{folder / 's2_date_b.tif'},lasvegas,20180205\n"
+    )
+    ds = PretrainWindowDataset(build_sources(manifest), window_size=64, samples_per_epoch=5,
+                               temporal=True)  # fmt: skip
+    assert ds.scene_names == ["lasvegas"]
+    with rasterio.open(folder / "s2_date_a.tif") as a, rasterio.open(folder / "s2_date_b.tif") as b:
+        for i in range(len(ds)):
+            s = ds[i]
+            r, c = s["window"].tolist()
+            win = rasterio.windows.Window(c, r, 64, 64)
+            first, second = (a, b) if s["date1"] == "20150820" else (b, a)
+            assert s["date2"] != s["date1"]
+            np.testing.assert_allclose(s["view1"].numpy(), first.read(window=win) * 1e-4, rtol=1e-6)
+            np.testing.assert_allclose(s["view2"].numpy(), second.read(window=win) * 1e-4,
+                                       rtol=1e-6)  # fmt: skip

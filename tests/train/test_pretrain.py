@@ -18,6 +18,7 @@ from swimdiff_geo.train.pretrain import PretrainConfig, effective_queue_size, pr
 
 REPO = Path(__file__).resolve().parents[2]
 OSCD_MINI = REPO / "tests" / "data" / "oscd_mini"
+S2_PAIR = REPO / "sample_data" / "s2_pair"
 
 # Small but real: 13-band OSCD windows, ResNet-18, a narrow denoiser, CPU.
 FAST = dict(data=str(OSCD_MINI), crop_size=32, batch_size=4, samples_per_epoch=16,
@@ -40,8 +41,16 @@ def _metrics(out: Path) -> list[dict[str, str]]:
 
 
 def test_thirty_steps_lower_the_loss(tmp_path) -> None:
+    # The real Sentinel-2 pair of sample_data/ as one scene at two dates (temporal positives).
+    manifest = tmp_path / "s2_pair.csv"
+    manifest.write_text(
+        "path,scene_id,date\n"
+        f"{S2_PAIR / 's2_date_a.tif'},lasvegas,20150820\n"
+        f"{S2_PAIR / 's2_date_b.tif'},lasvegas,20180205\n"
+    )
     out = tmp_path / "run"
-    cfg = PretrainConfig(**FAST, out=str(out), max_steps=30, lr=0.05, queue_size=8,
+    options = dict(FAST, data=str(manifest), temporal=True)
+    cfg = PretrainConfig(**options, out=str(out), max_steps=30, lr=0.05, queue_size=8,
                          checkpoint_every=30)  # fmt: skip
     pretrain(cfg)
     rows = _metrics(out)
@@ -162,3 +171,17 @@ def test_config_validation_names_the_option(bad) -> None:
         setattr(cfg, k, v)
     with pytest.raises(ValueError, match=r"--(crop-size|max-steps|rrc-scale)"):
         cfg.validate()
+
+
+def test_every_config_option_has_a_cli_flag() -> None:
+    from dataclasses import fields
+
+    from swimdiff_geo.cli.pretrain import pretrain as pretrain_command
+
+    flags = {opt.lstrip("-") for p in pretrain_command.params for opt in p.opts}
+    missing = [
+        f.name
+        for f in fields(PretrainConfig)
+        if f.name != "resolved" and f.name.replace("_", "-") not in flags
+    ]
+    assert missing == []
