@@ -397,18 +397,33 @@ def test_bands_parameter_maps_raster_bands(provider, tmp_path, s2_pair, landsat_
             )
 
 
-def test_polygons_must_be_a_geopackage(provider, tmp_path, s2_pair):
-    with pytest.raises(QgsProcessingException, match=r"OUTPUT_POLYGONS: .*\.gpkg"):
-        _run(
-            "detectchange",
-            {
-                "INPUT_A": s2_pair[0],
-                "INPUT_B": s2_pair[1],
-                "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
-                "OUTPUT_MASK": str(tmp_path / "m.tif"),
-                "OUTPUT_POLYGONS": str(tmp_path / "c.shp"),
-            },
-        )
+@pytest.mark.parametrize(
+    ("outputs", "expected"),
+    [
+        ({"OUTPUT_POLYGONS": "c.shp"}, r"OUTPUT_POLYGONS: .*c\.shp: .*GeoPackage"),
+        (
+            {"OUTPUT_MASK": "m.img"},
+            r"OUTPUT_MASK: .*m\.img: .*GeoTIFF; give a path ending in \.tif",
+        ),
+        ({"OUTPUT_MASK": "p.tif"}, r"OUTPUT_PROBABILITY and OUTPUT_MASK are the same file"),
+    ],
+)
+def test_output_paths_the_engine_cannot_write_are_refused(
+    provider, tmp_path, s2_pair, outputs, expected
+):
+    parameters = {
+        "INPUT_A": s2_pair[0],
+        "INPUT_B": s2_pair[1],
+        "OUTPUT_PROBABILITY": "p.tif",
+        "OUTPUT_MASK": "m.tif",
+        **outputs,
+    }
+    for key in ("OUTPUT_PROBABILITY", "OUTPUT_MASK", "OUTPUT_POLYGONS"):
+        if key in parameters:
+            parameters[key] = str(tmp_path / parameters[key])
+    with pytest.raises(QgsProcessingException, match=expected):
+        _run("detectchange", parameters)
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_the_plugin_never_imports_torch_or_rasterio(plugin_change):

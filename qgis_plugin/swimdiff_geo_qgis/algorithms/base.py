@@ -162,6 +162,18 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
         decoded = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
         return decoded.get("path") or layer.source()
 
+    def raster_output(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
+    ) -> str:
+        """A raster destination's path; the engine writes (Cloud-Optimized) GeoTIFF only."""
+        path = self.parameterAsOutputLayer(parameters, name, context)
+        if not path.lower().endswith((".tif", ".tiff")):
+            raise QgsProcessingException(
+                f"{name}: {path}: outputs are written as Cloud-Optimized GeoTIFF; give a path "
+                "ending in .tif"
+            )
+        return path
+
     def output_path(
         self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
     ) -> str | None:

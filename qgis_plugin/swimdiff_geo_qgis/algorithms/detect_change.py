@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from qgis.core import (
@@ -125,8 +126,12 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
 
         image_a = self.raster_path(parameters, "INPUT_A", context)
         image_b = self.raster_path(parameters, "INPUT_B", context)
-        probability = self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITY", context)
-        mask = self.parameterAsOutputLayer(parameters, "OUTPUT_MASK", context)
+        probability = self.raster_output(parameters, "OUTPUT_PROBABILITY", context)
+        mask = self.raster_output(parameters, "OUTPUT_MASK", context)
+        if os.path.abspath(probability) == os.path.abspath(mask):
+            raise QgsProcessingException(
+                f"OUTPUT_PROBABILITY and OUTPUT_MASK are the same file ({mask}); give two paths"
+            )
         options = ChangeOptions(
             model=self.model_path(parameters, context),
             threshold=self.optional_double(parameters, "THRESHOLD", context),

@@ -95,7 +95,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
         )
 
         image = self.raster_path(parameters, "INPUT", context)
-        landcover = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        landcover = self.raster_output(parameters, "OUTPUT", context)
         areas = None
         if self.is_set(parameters, "OUTPUT_AREAS"):
             areas = self.parameterAsFileOutput(parameters, "OUTPUT_AREAS", context) or None
