@@ -201,6 +201,14 @@ class HeadTask(L.LightningModule):
             self.model.encoder.eval()
         return self
 
+    def on_train_start(self) -> None:
+        # A run resumed with another --epochs: the restored cosine schedule continues from the
+        # current learning rate and now reaches its minimum at the new last epoch.
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                scheduler.T_max = max(1, self.trainer.max_epochs or self.hparams.epochs)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Lightning restores the train/eval flag of every submodule itself around validation,
         # bypassing train(); re-assert eval mode of a frozen encoder before every step.
@@ -312,13 +320,13 @@ def _fit(
         persistent_workers=num_workers > 0,
     )
     val_dl = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    checkpoint = ModelCheckpoint(
-        dirpath=out_dir,
-        filename="best",
-        monitor="val_f1",
-        mode="max",
-        save_last=True,
-        enable_version_counter=False,
+    best = ModelCheckpoint(
+        dirpath=out_dir, filename="best", monitor="val_f1", mode="max", enable_version_counter=False
+    )
+    # A separate callback for last.ckpt: Lightning's save_last only writes when the best changed,
+    # which would leave --resume an old epoch.
+    last = ModelCheckpoint(
+        dirpath=out_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -326,18 +334,18 @@ def _fit(
         devices=1,
         default_root_dir=out_dir,
         logger=CSVLogger(out_dir, name="logs"),  # logs/version_N/metrics.csv, one per run
-        callbacks=[checkpoint, EpochPrinter(print_fn)],
+        callbacks=[best, last, EpochPrinter(print_fn)],
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
     )
-    last = out_dir / "last.ckpt"
-    ckpt_path = str(last) if resume and last.is_file() else None
+    last_path = out_dir / "last.ckpt"
+    ckpt_path = str(last_path) if resume and last_path.is_file() else None
     if resume and ckpt_path is None:
-        print_fn(f"--resume: no {last} yet, starting from scratch")
+        print_fn(f"--resume: no {last_path} yet, starting from scratch")
     elif ckpt_path:
-        print_fn(f"resuming from {last}")
+        print_fn(f"resuming from {last_path}")
     trainer.fit(task, train_dl, val_dl, ckpt_path=ckpt_path)
     return trainer
 
@@ -384,6 +392,8 @@ def epoch_history(out_dir: Path) -> list[dict[str, float]]:
         (out_dir / "logs").glob("version_*/metrics.csv"),
         key=lambda p: int(p.parent.name.split("_")[-1]),
     )
+    if (out_dir / "logs" / "metrics.csv").is_file():  # written by an earlier release
+        versions.insert(0, out_dir / "logs" / "metrics.csv")
     for log in versions:
         with open(log, newline="") as f:
             for row in csv.DictReader(f):
@@ -484,7 +494,8 @@ def finetune_change(
 
     ``pos_weight="auto"`` weights change pixels by the square root of the no-change/change ratio
     of the training labels (capped at 50). ``samples_per_epoch`` defaults to the number of
-    crop-sized windows in the training area. Returns the run summary also written to ``out_dir/metrics.json``.
+    crop-sized windows in the training area. Returns the run summary, also written to
+    ``out_dir/metrics.json``.
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
