@@ -473,3 +473,58 @@ def _run_model(model, parameters: dict) -> dict:
     return processing.run(
         model, parameters, context=QgsProcessingContext(), feedback=QgsProcessingFeedback()
     )
+
+
+class _RecordingFeedback(QgsProcessingFeedback):
+    """Keeps what the algorithm logs, by kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.infos: list[str] = []
+        self.warnings: list[str] = []
+
+    def pushInfo(self, info: str) -> None:  # noqa: N802 - QGIS API name
+        self.infos.append(info)
+        super().pushInfo(info)
+
+    def pushWarning(self, warning: str) -> None:  # noqa: N802
+        self.warnings.append(warning)
+        super().pushWarning(warning)
+
+
+def _without_georeferencing(src: str, dst: str) -> str:
+    """A copy of ``src`` with its pixels and band descriptions but no CRS or geotransform."""
+    ds = gdal.Open(src)
+    out = gdal.GetDriverByName("GTiff").Create(
+        dst, ds.RasterXSize, ds.RasterYSize, ds.RasterCount, ds.GetRasterBand(1).DataType
+    )
+    for i in range(1, ds.RasterCount + 1):
+        out.GetRasterBand(i).WriteArray(ds.GetRasterBand(i).ReadAsArray())
+        out.GetRasterBand(i).SetDescription(ds.GetRasterBand(i).GetDescription())
+    out = None
+    ds = None
+    return dst
+
+
+def test_engine_warnings_reach_the_log_as_warnings(provider, tmp_path, s2_pair):
+    a = _without_georeferencing(s2_pair[0], str(tmp_path / "a.tif"))
+    b = _without_georeferencing(s2_pair[1], str(tmp_path / "b.tif"))
+    feedback = _RecordingFeedback()
+    result = _run(
+        "detectchange",
+        {
+            "INPUT_A": a,
+            "INPUT_B": b,
+            "MIN_AREA": 100.0,
+            "OUTPUT_PROBABILITY": str(tmp_path / "out" / "p.tif"),
+            "OUTPUT_MASK": str(tmp_path / "out" / "m.tif"),
+            "OUTPUT_POLYGONS": str(tmp_path / "out" / "c.gpkg"),
+        },
+        feedback,
+    )
+    assert any("not georeferenced" in w for w in feedback.warnings), feedback.warnings
+    # The CLI's "--min-area" is this algorithm's MIN_AREA.
+    assert any(w.startswith("warning: MIN_AREA ignored") for w in feedback.warnings)
+    assert not [m for m in feedback.warnings if "--" in m]
+    assert result["CHANGED_AREA_HA"] is None  # no CRS: no areas
+    assert Path(result["OUTPUT_MASK"]).is_file()

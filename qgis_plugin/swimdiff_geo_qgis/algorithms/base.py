@@ -218,12 +218,19 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
         def progress(fraction: float) -> None:
             feedback.setProgress(100.0 * min(max(fraction, 0.0), 1.0))
 
+        def log(message: str) -> None:
+            message = qgis_terms(message)
+            if message.startswith("warning"):
+                feedback.pushWarning(message)  # shown highlighted in the log
+            else:
+                feedback.pushInfo(message)
+
         try:
             return job(
                 backend=GdalBackend(),
                 progress=progress,
                 is_cancelled=feedback.isCanceled,
-                log=lambda message: feedback.pushInfo(qgis_terms(message)),
+                log=log,
                 **kwargs,
             )
         except CancelledError as exc:
