@@ -163,3 +163,63 @@ def test_zip_vendors_the_engine_without_torch_or_rasterio(tmp_path):
     assert f"version={swimdiff_geo.__version__}" in metadata
     # Every archive entry sits inside the one plugin folder (what "Install from ZIP" expects).
     assert {n.split("/", 1)[0] for n in names} == {"swimdiff_geo_qgis"}
+
+
+_BARE_QGIS_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from qgis.core import QgsApplication
+app = QgsApplication([], False)
+app.initQgis()
+import swimdiff_geo_qgis
+plugin = swimdiff_geo_qgis.classFactory(None)
+plugin.initProcessing()
+import swimdiff_geo
+registry = QgsApplication.processingRegistry()
+ok, message = registry.algorithmById("swimdiffgeo:detectchange").canExecute()
+print(json.dumps({
+    "engine": swimdiff_geo.__file__,
+    "algorithms": sorted(a.id() for a in registry.providerById("swimdiffgeo").algorithms()),
+    "can_execute": ok,
+    "message": message,
+}), flush=True)
+plugin.unload()
+app.exitQgis()
+"""
+
+
+def test_zip_plugin_in_a_bare_qgis_python(tmp_path):
+    """The ZIP unpacked for QGIS's own Python as installed (no swimdiff_geo, no onnxruntime):
+    the vendored engine is used, the provider loads, and the algorithms refuse to run with the
+    install command for this platform."""
+    import json
+    import subprocess
+
+    # -I: no PYTHONPATH, no user site-packages, no current folder on sys.path.
+    python = ["/usr/bin/python3", "-I", "-c"]
+    probe = subprocess.run(
+        [*python, "import importlib.util as u; "
+                  "print(u.find_spec('swimdiff_geo') or u.find_spec('onnxruntime'))"],
+        capture_output=True, text=True, cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "None", "QGIS's system Python must lack swimdiff_geo/onnxruntime"
+
+    sys.path.insert(0, str(REPO / "qgis_plugin"))
+    try:
+        import build_zip
+    finally:
+        sys.path.remove(str(REPO / "qgis_plugin"))
+    with zipfile.ZipFile(build_zip.build(tmp_path / "dist")) as archive:
+        archive.extractall(tmp_path / "plugins")
+    result = subprocess.run(
+        [*python, _BARE_QGIS_SCRIPT, str(tmp_path / "plugins")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    vendor = tmp_path / "plugins" / "swimdiff_geo_qgis" / "vendor" / "swimdiff_geo"
+    assert Path(report["engine"]).parent == vendor
+    assert report["algorithms"] == [
+        "swimdiffgeo:detectchange", "swimdiffgeo:maplandcover", "swimdiffgeo:modelinfo"
+    ]  # fmt: skip
+    assert report["can_execute"] is False
+    assert "-m pip install --user --break-system-packages onnxruntime numpy==" in report["message"]
