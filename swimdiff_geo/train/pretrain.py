@@ -204,7 +204,8 @@ class SwiMDiffPretrainModule(L.LightningModule):
             cond_mode=cfg.cond_mode,
             cond_fusion=cfg.cond_fusion,
             unet_base_channels=cfg.unet_channels,
-            init_weights=cfg.init_weights if not cfg.resume else None,
+            # A resumed run gets its weights from the checkpoint.
+            init_weights=None if res.get("resumed_from") else cfg.init_weights,
         )
         self.augment = PretrainAugmentation(
             AugmentConfig(
@@ -421,7 +422,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list[Callback] | None = None) -> Pa
     saved: dict[str, Any] = {}
     if resume:
         # The checkpoint's band statistics and queue size define its buffers: reuse them.
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         saved = ckpt.get("hyper_parameters", {}).get("config", {}).get("resolved", {})
 
     accelerator = cfg.accelerator

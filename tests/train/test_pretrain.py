@@ -185,3 +185,22 @@ def test_every_config_option_has_a_cli_flag() -> None:
         if f.name != "resolved" and f.name.replace("_", "-") not in flags
     ]
     assert missing == []
+
+
+def test_init_weights_from_a_three_band_checkpoint(tmp_path) -> None:
+    from swimdiff_geo.models.encoder import ResNetEncoder
+
+    torch.manual_seed(0)
+    rgb = ResNetEncoder("resnet18", in_channels=3, num_classes=1000)  # torchvision layout
+    weights = tmp_path / "rgb.pth"
+    torch.save(rgb.state_dict(), weights)
+    out = tmp_path / "run"
+    # resume=auto on an empty folder is a fresh start: the init weights must be used.
+    cfg = PretrainConfig(**FAST, out=str(out), max_steps=1, lr=1e-12, init_weights=str(weights),
+                         resume="auto")  # fmt: skip
+    pretrain(cfg)
+    state = torch.load(out / "encoder.pt", weights_only=True)
+    torch.testing.assert_close(state["layer4.1.conv2.weight"], rgb.layer4[1].conv2.weight.detach())
+    torch.testing.assert_close(
+        state["conv1.weight"][:, 3], rgb.conv1.weight.detach()[:, 0] * 3 / 13
+    )
