@@ -7,6 +7,7 @@ These tests run in QGIS's own Python (``tests/qgis/run.sh``), never in the main 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -35,9 +36,20 @@ def _require(path: Path, what: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def s2_pair() -> tuple[str, str]:
-    """The 13-band Sentinel-2 L1C sample pair (earlier, later)."""
-    folder = SAMPLE_DATA / "s2_pair"
+def sample_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of sample_data/ to work on: QGIS writes .aux.xml statistics next to the rasters it
+    opens as layers, which must not land in the repository."""
+    _require(SAMPLE_DATA, "sample data folder")
+    target = tmp_path_factory.mktemp("sample_data")
+    for folder in ("s2_pair", "landsat_pucallpa"):
+        shutil.copytree(SAMPLE_DATA / folder, target / folder)
+    return target
+
+
+@pytest.fixture(scope="session")
+def s2_pair(sample_copy: Path) -> tuple[str, str]:
+    """The 13-band Sentinel-2 L1C sample pair (earlier, later), copied."""
+    folder = sample_copy / "s2_pair"
     return (
         str(_require(folder / "s2_date_a.tif", "sample image")),
         str(_require(folder / "s2_date_b.tif", "sample image")),
@@ -45,9 +57,9 @@ def s2_pair() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def landsat_image() -> str:
-    """The first 4-band Landsat sample image."""
-    images = sorted((SAMPLE_DATA / "landsat_pucallpa").glob("*.tif"))
+def landsat_image(sample_copy: Path) -> str:
+    """The first 4-band Landsat sample image, copied."""
+    images = sorted((sample_copy / "landsat_pucallpa").glob("*.tif"))
     if not images:
         pytest.fail(f"no sample Landsat images in {SAMPLE_DATA / 'landsat_pucallpa'}")
     return str(images[0])

@@ -63,6 +63,8 @@ step "qgis_process smoke run with $ZIP"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/plugins" "$WORK/profile" "$WORK/out"
+# Inputs are copied: QGIS writes .aux.xml statistics next to rasters it opens as layers.
+cp sample_data/s2_pair/s2_date_a.tif sample_data/s2_pair/s2_date_b.tif "$WORK/"
 "$VENV/bin/python" -m zipfile -e "$ZIP" "$WORK/plugins/"
 # qgis_process finds plugins through QGIS_PLUGINPATH and runs enabled ones only; its embedded
 # Python sees onnxruntime through PYTHONPATH, but not the editable swimdiff_geo install (.pth
@@ -71,7 +73,7 @@ export QGIS_PLUGINPATH="$WORK/plugins" QGIS_CUSTOM_CONFIG_PATH="$WORK/profile"
 export PYTHONPATH="$SITE_PACKAGES"
 "$QGIS_PROCESS" plugins enable "$PLUGIN" >/dev/null
 "$QGIS_PROCESS" run swimdiffgeo:detectchange --json -- \
-  INPUT_A=sample_data/s2_pair/s2_date_a.tif INPUT_B=sample_data/s2_pair/s2_date_b.tif \
+  INPUT_A="$WORK/s2_date_a.tif" INPUT_B="$WORK/s2_date_b.tif" \
   OUTPUT_PROBABILITY="$WORK/out/change_probability.tif" OUTPUT_MASK="$WORK/out/change_mask.tif" \
   OUTPUT_POLYGONS="$WORK/out/change_polygons.gpkg" > "$WORK/run.json"
 unset PYTHONPATH
