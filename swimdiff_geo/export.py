@@ -23,6 +23,7 @@ Exporter: torch.onnx's dynamo exporter (``torch.export``-based, the default of t
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 import warnings
@@ -223,17 +224,25 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     contract = source.contract
     contract.validate(str(out))
+    # A sample window of the model's own size (within reason): small patch classifiers see
+    # 16-64 px windows, and the traced shapes must admit them.
+    sample_size = int(min(max(contract.tile_size, 16), sample_size))
     sample = torch.randn(2, contract.in_channels, sample_size, sample_size)
     rank2 = {"probabilities"} if contract.model_type == "classification" else set()
     rank2 |= {"embedding"}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
+        # The dynamo exporter logs one warning per torchvision op it cannot register
+        # (torchvision is not a dependency) and deprecation notices: not the user's concern.
+        registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+        previous_level = registration_log.level
+        registration_log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
                 n = torch.export.Dim("N", min=1, max=4096)
-                h = torch.export.Dim("H", min=32, max=16384)
-                w = torch.export.Dim("W", min=32, max=16384)
+                h = torch.export.Dim("H", min=8, max=16384)
+                w = torch.export.Dim("W", min=8, max=16384)
                 torch.onnx.export(
                     source.module,
                     (sample,),
@@ -257,6 +266,7 @@ def export_onnx(
                     dynamic_axes=_dynamic_axes(source.output_names, rank2),
                     opset_version=min(opset, 17),
                 )
+        registration_log.setLevel(previous_level)
         model = onnx.load(str(raw))
     meta = contract.to_metadata()
     meta["exporter"] = json.dumps(exporter)

@@ -102,8 +102,7 @@ def test_linear_probe_on_patch_folder(tmp_path: Path) -> None:
     from swimdiff_geo.export import export_model
 
     report = export_model(
-        tmp_path / "probe" / "best.ckpt", tmp_path / "probe.onnx", exporter="torchscript",
-        print_fn=lambda s: None,
+        tmp_path / "probe" / "best.ckpt", tmp_path / "probe.onnx", print_fn=lambda s: None
     )  # fmt: skip
     assert report["parity"]["max_abs_diff"] <= 1e-4
     loaded = load_model(tmp_path / "probe.onnx", expected_type="classification")
