@@ -237,36 +237,38 @@ def export_onnx(
         registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
         previous_level = registration_log.level
         registration_log.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if exporter == "dynamo":
-                n = torch.export.Dim("N", min=1, max=4096)
-                h = torch.export.Dim("H", min=8, max=16384)
-                w = torch.export.Dim("W", min=8, max=16384)
-                torch.onnx.export(
-                    source.module,
-                    (sample,),
-                    str(raw),
-                    dynamo=True,
-                    external_data=False,
-                    input_names=[INPUT_NAME],
-                    output_names=source.output_names,
-                    dynamic_shapes={"x": {0: n, 2: h, 3: w}},
-                    opset_version=opset,
-                    verbose=False,
-                )
-            else:
-                torch.onnx.export(
-                    source.module,
-                    (sample,),
-                    str(raw),
-                    dynamo=False,
-                    input_names=[INPUT_NAME],
-                    output_names=source.output_names,
-                    dynamic_axes=_dynamic_axes(source.output_names, rank2),
-                    opset_version=min(opset, 17),
-                )
-        registration_log.setLevel(previous_level)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if exporter == "dynamo":
+                    n = torch.export.Dim("N", min=1, max=4096)
+                    h = torch.export.Dim("H", min=8, max=16384)
+                    w = torch.export.Dim("W", min=8, max=16384)
+                    torch.onnx.export(
+                        source.module,
+                        (sample,),
+                        str(raw),
+                        dynamo=True,
+                        external_data=False,
+                        input_names=[INPUT_NAME],
+                        output_names=source.output_names,
+                        dynamic_shapes={"x": {0: n, 2: h, 3: w}},
+                        opset_version=opset,
+                        verbose=False,
+                    )
+                else:
+                    torch.onnx.export(
+                        source.module,
+                        (sample,),
+                        str(raw),
+                        dynamo=False,
+                        input_names=[INPUT_NAME],
+                        output_names=source.output_names,
+                        dynamic_axes=_dynamic_axes(source.output_names, rank2),
+                        opset_version=min(opset, 17),
+                    )
+        finally:
+            registration_log.setLevel(previous_level)
         model = onnx.load(str(raw))
     meta = contract.to_metadata()
     meta["exporter"] = json.dumps(exporter)
