@@ -183,7 +183,12 @@ def test_results_loaded_into_the_project_are_styled(provider, s2_pair, landsat_i
             },
         )
         landcover = processing.runAndLoadResults(
-            "swimdiffgeo:maplandcover", {"INPUT": landsat_image, "OUTPUT": "TEMPORARY_OUTPUT"}
+            "swimdiffgeo:maplandcover",
+            {
+                "INPUT": landsat_image,
+                "OUTPUT": "TEMPORARY_OUTPUT",
+                "OUTPUT_AREAS": "TEMPORARY_OUTPUT",
+            },
         )
         assert change["OUTPUT_POLYGONS"].endswith(".gpkg")
         renderers = {
@@ -196,7 +201,13 @@ def test_results_loaded_into_the_project_are_styled(provider, s2_pair, landsat_i
             change["OUTPUT_PROBABILITY"]: QgsSingleBandPseudoColorRenderer,
             landcover["OUTPUT"]: QgsPalettedRasterRenderer,
         }
-        assert len(project.mapLayers()) == 4  # and the polygons
+        others = {
+            layer.source().split("|")[0]: layer.isSpatial()
+            for layer in project.mapLayers().values()
+            if not isinstance(layer, QgsRasterLayer)
+        }
+        # The polygons, and the class areas as a table (no geometry).
+        assert others == {change["OUTPUT_POLYGONS"]: True, landcover["OUTPUT_AREAS"]: False}
     finally:
         project.clear()
 

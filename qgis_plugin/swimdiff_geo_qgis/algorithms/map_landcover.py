@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
 )
 
 from .. import styles
@@ -120,6 +121,15 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             landcover, styles.landcover_qml(contract.class_names, contract.class_colors)
         )
         styles.style_on_load(context, landcover, qml)
+        if areas and context.project() is not None and context.willLoadLayerOnCompletion(landcover):
+            # Where the outputs are loaded (toolbox run), load the area table with them.
+            context.addLayerToLoadOnCompletion(
+                areas,
+                QgsProcessingContext.LayerDetails(
+                    self.tr("Class areas"), context.project(), "OUTPUT_AREAS",
+                    QgsProcessingUtils.LayerHint.Vector,
+                ),
+            )  # fmt: skip
         for row in summary.get("classes", []):
             feedback.pushInfo(
                 f"  {row.get('class_id')} {row.get('class_name')}: "
