@@ -26,12 +26,16 @@ def row_pixel_areas_m2(grid: Grid, crs: CrsInfo | None, row_off: int, n_rows: in
     f = 1.0 / crs.inverse_flattening
     b = a * (1 - f)
     e = math.sqrt(1 - (b / a) ** 2)
-    rows = np.arange(row_off, row_off + n_rows + 1, dtype=np.float64)
-    lat = np.radians(np.clip(y0 + rows * dy, -90.0, 90.0))
-    s = np.sin(lat)
-    q = s / (1 - (e * s) ** 2) + np.log((1 + e * s) / (1 - e * s)) / (2 * e)
+
+    def q(row: int) -> float:
+        # Authalic term of the latitude of a row edge. math, not numpy: numpy's sin/log differ
+        # in the last bits across versions, and the QGIS (Debian numpy) and CLI areas must agree.
+        s = math.sin(math.radians(min(90.0, max(-90.0, y0 + row * dy))))
+        return s / (1 - (e * s) ** 2) + math.log((1 + e * s) / (1 - e * s)) / (2 * e)
+
+    edges = np.array([q(r) for r in range(row_off, row_off + n_rows + 1)], dtype=np.float64)
     # Area of a zone between two parallels per radian of longitude: b^2 / 2 * |q2 - q1|.
-    return np.abs(np.diff(q)) * b**2 / 2 * math.radians(abs(dx))
+    return np.abs(np.diff(edges)) * (b**2 / 2 * math.radians(abs(dx)))
 
 
 def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
