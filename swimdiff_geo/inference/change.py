@@ -26,8 +26,10 @@ from .jobs import (
     regions_layer,
     start_job,
     write_json,
+    write_text,
 )
 from .outputs import OutputTransaction
+from .qml import CHANGE_MASK_QML, CHANGE_PROBABILITY_QML, sidecar_path
 
 PROBABILITY_NODATA = -1.0
 MASK_NODATA = 255
@@ -41,6 +43,7 @@ class ChangeOutputs:
     mask: str
     polygons: str | None = None
     summary: str | None = None
+    styles: bool = True  # QGIS default styles next to the rasters (<name>.qml)
 
     @classmethod
     def in_dir(cls, out_dir: str, polygons: bool = True) -> ChangeOutputs:
@@ -53,7 +56,17 @@ class ChangeOutputs:
         )
 
     def paths(self) -> list[str]:
-        return [p for p in (self.probability, self.mask, self.polygons, self.summary) if p]
+        paths = [p for p in (self.probability, self.mask, self.polygons, self.summary) if p]
+        return paths + list(self.style_paths())
+
+    def style_paths(self) -> dict[str, str]:
+        """QML sidecar path -> its text, for the rasters that get one."""
+        if not self.styles:
+            return {}
+        return {
+            sidecar_path(self.probability): CHANGE_PROBABILITY_QML,
+            sidecar_path(self.mask): CHANGE_MASK_QML,
+        }
 
 
 @dataclass
@@ -183,6 +196,8 @@ def detect_change(
             )
             if outputs.summary:
                 write_json(tx.temp(outputs.summary), summary)
+            for path, text in outputs.style_paths().items():
+                write_text(tx.temp(path), text)
             tx.commit()
         return summary
     finally:

@@ -217,6 +217,11 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
         fh.write("\n")
 
 
+def write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

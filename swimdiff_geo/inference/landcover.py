@@ -38,8 +38,10 @@ from .jobs import (
     regions_layer,
     start_job,
     write_json,
+    write_text,
 )
 from .outputs import OutputTransaction
+from .qml import landcover_qml, sidecar_path
 from .tiling import pad_to_tile
 
 CLASS_NODATA = 255
@@ -55,6 +57,7 @@ class LandcoverOutputs:
     polygons: str | None = None
     probabilities: str | None = None
     summary: str | None = None
+    styles: bool = True  # a QGIS default style next to the class map (<name>.qml)
 
     @classmethod
     def in_dir(
@@ -72,17 +75,8 @@ class LandcoverOutputs:
         )
 
     def paths(self) -> list[str]:
-        return [
-            p
-            for p in (
-                self.landcover,
-                self.areas_csv,
-                self.polygons,
-                self.probabilities,
-                self.summary,
-            )
-            if p
-        ]
+        files = (self.landcover, self.areas_csv, self.polygons, self.probabilities, self.summary)
+        return [p for p in files if p] + ([sidecar_path(self.landcover)] if self.styles else [])
 
 
 @dataclass
@@ -206,6 +200,9 @@ def map_landcover(
             }  # fmt: skip
             if outputs.summary:
                 write_json(tx.temp(outputs.summary), summary)
+            if outputs.styles:
+                qml = landcover_qml(contract.class_names, contract.class_colors)
+                write_text(tx.temp(sidecar_path(outputs.landcover)), qml)
             tx.commit()
         return summary
     finally:

@@ -44,8 +44,9 @@ def test_console_script_runs_end_to_end(landsat_pair, landsat_change_model, tmp_
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "change_mask.tif", "change_mask.tif.aux.xml",  # category names for GDAL / QGIS
-        "change_polygons.gpkg", "change_probability.tif", "summary.json",
+        "change_mask.qml", "change_mask.tif", "change_mask.tif.aux.xml",  # style, class names
+        "change_polygons.gpkg", "change_probability.qml", "change_probability.tif",
+        "summary.json",
     ]  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["path"] == str(landsat_change_model)

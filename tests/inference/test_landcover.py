@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from xml.etree import ElementTree
 
 import fiona
 import numpy as np
@@ -45,6 +46,10 @@ def test_class_map_areas_and_polygons(landsat_pair, landsat_segmentation_model, 
     assert (expected[valid] == classes[valid]).mean() > 0.999
     if nodata is not None:
         assert (classes[nodata] == 255).all()
+    # QGIS default style next to the class map: a paletted renderer with the model's classes
+    style = ElementTree.parse(tmp_path / "lc" / "landcover.qml").getroot()
+    entries = style.findall(".//paletteEntry")
+    assert [e.get("label") for e in entries] == LANDCOVER_CLASSES
     with open(outputs.areas_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["class_name"] for r in rows] == LANDCOVER_CLASSES

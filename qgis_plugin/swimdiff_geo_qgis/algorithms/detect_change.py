@@ -150,10 +150,9 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
             outputs=ChangeOutputs(probability=probability, mask=mask, polygons=polygons),
             options=options,
         )
-        styles.write_sidecar(probability, styles.read_qml(styles.CHANGE_PROBABILITY_QML))
-        styles.write_sidecar(mask, styles.read_qml(styles.CHANGE_MASK_QML))
-        styles.style_on_load(context, probability, styles.CHANGE_PROBABILITY_QML)
-        styles.style_on_load(context, mask, styles.CHANGE_MASK_QML)
+        # The engine wrote each raster's QML style next to it; apply them as layers load.
+        styles.style_on_load(context, probability, styles.sidecar_path(probability))
+        styles.style_on_load(context, mask, styles.sidecar_path(mask))
         pixels = summary.get("pixels", {})
         feedback.pushInfo(
             f"Changed: {pixels.get('changed')} of {pixels.get('valid')} valid pixels "

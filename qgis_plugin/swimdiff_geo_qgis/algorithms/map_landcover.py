@@ -88,7 +88,6 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         self.check_dependencies()
-        from swimdiff_geo.inference.contract import read_contract
         from swimdiff_geo.inference.landcover import (
             LandcoverOptions,
             LandcoverOutputs,
@@ -116,11 +115,8 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             outputs=LandcoverOutputs(landcover=landcover, areas_csv=areas),
             options=options,
         )
-        contract = read_contract(summary["model"]["path"])
-        qml = styles.write_sidecar(
-            landcover, styles.landcover_qml(contract.class_names, contract.class_colors)
-        )
-        styles.style_on_load(context, landcover, qml)
+        # The engine wrote the class map's QML style (model colours and names) next to it.
+        styles.style_on_load(context, landcover, styles.sidecar_path(landcover))
         if areas and context.project() is not None and context.willLoadLayerOnCompletion(landcover):
             # Where the outputs are loaded (toolbox run), load the area table with them.
             context.addLayerToLoadOnCompletion(
