@@ -74,8 +74,8 @@ Outputs
               {paths["landcover_quicklook"]}
 
 Open them in QGIS: drag the .tif and .gpkg files into the map (Layer > Add Layer > Add Raster
-Layer / Add Vector Layer). change_mask.tif and landcover.tif carry a colour table and class names,
-so they show styled; give change_probability.tif a singleband pseudocolor style (0..1).
+Layer / Add Vector Layer). Each raster has its QGIS style next to it (<name>.qml), so the
+probability, the change mask and the class map open styled.
 Note: the bundled models are baselines (change-vector analysis, index rules), not trained
 SwiMDiff models; see swimdiff_geo/default_models/README.md.""")
 
