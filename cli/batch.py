@@ -23,16 +23,13 @@ from swimdiff_geo.batch import (
 )
 from swimdiff_geo.inference.errors import SwimdiffError
 
+from .options import output_dir_option
+
 
 @click.command("batch")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option(
-    "--output",
-    "-o",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    required=True,
-    help="Folder with one sub-folder per job (OUTDIR/<job_id>/) and batch_report.csv.",
+@output_dir_option(
+    help="Folder with one sub-folder per job (OUTDIR/<job_id>/) and batch_report.csv."
 )
 @click.option(
     "--workers",

@@ -9,19 +9,14 @@ import click
 from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs
 from swimdiff_geo.inference.change import detect_change as run
 
-from .options import ProgressBar, echo_log, engine_options, handle_errors
+from .options import ProgressBar, echo_log, engine_options, handle_errors, output_dir_option
 
 
 @click.command("detect-change")
 @click.argument("image_a", type=click.Path(dir_okay=False))
 @click.argument("image_b", type=click.Path(dir_okay=False))
-@click.option(
-    "--output",
-    "-o",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    required=True,
-    help="Folder for change_probability.tif, change_mask.tif, change_polygons.gpkg, summary.json.",
+@output_dir_option(
+    help="Folder for change_probability.tif, change_mask.tif, change_polygons.gpkg, summary.json."
 )
 @click.option(
     "--threshold",

@@ -9,18 +9,13 @@ import click
 from swimdiff_geo.inference.landcover import LandcoverOptions, LandcoverOutputs
 from swimdiff_geo.inference.landcover import map_landcover as run
 
-from .options import ProgressBar, echo_log, engine_options, handle_errors
+from .options import ProgressBar, echo_log, engine_options, handle_errors, output_dir_option
 
 
 @click.command("map-landcover")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option(
-    "--output",
-    "-o",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    required=True,
-    help="Folder for landcover.tif, class_areas.csv, summary.json (+ optional outputs).",
+@output_dir_option(
+    help="Folder for landcover.tif, class_areas.csv, summary.json (+ optional outputs)."
 )
 @click.option(
     "--polygons",

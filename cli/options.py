@@ -25,6 +25,13 @@ def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -
     return bands
 
 
+def output_dir_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--output/-o OUTDIR`` (required), the folder a command writes its outputs into."""
+    return click.option(
+        "--output", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help=help
+    )
+
+
 model_option = click.option(
     "--model",
     "-m",
