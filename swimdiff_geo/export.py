@@ -108,7 +108,7 @@ def load_export_source(
     if not path.is_file():
         raise ExportError(f"{path}: checkpoint not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ExportError(f"{path}: not a torch checkpoint ({exc})") from exc
     if _is_lightning_checkpoint(obj) and "model_cfg" in obj["hyper_parameters"]:

@@ -266,7 +266,7 @@ def load_head_checkpoint(path: str | Path) -> HeadTask:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        task = HeadTask.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        task = HeadTask.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except (KeyError, TypeError) as exc:
         raise ValueError(
             f"{path}: not a swimdiff-geo fine-tuning checkpoint ({exc}); an encoder.pt from "

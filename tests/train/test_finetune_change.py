@@ -176,6 +176,6 @@ def test_manifest_pairs_train_and_resume(tmp_path: Path) -> None:
     assert [r["epoch"] for r in history] == [0, 1]
     assert all("val_f1" in r for r in history)
     assert len(list((tmp_path / "run" / "logs").glob("version_*"))) == 2
-    last = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)
+    last = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
     # last.ckpt is written after every epoch: epoch index 1, one optimiser step per epoch.
     assert last["epoch"] == 1 and last["global_step"] == 2
