@@ -987,6 +987,7 @@ def _run_pool(
         initargs=(os.getpid(), cancel),
     ) as pool:
         futures = {pool.submit(_run_job_in_pool, job, out_root, threads): job for job in jobs}
+        recorded: set[str] = set()
         try:
             for future in as_completed(futures):
                 job = futures[future]
@@ -1002,12 +1003,19 @@ def _run_pool(
                         output_dir=job_dir(out_root, job),
                     )
                 record(result)
+                recorded.add(job.job_id)
         except BaseException:
             # Ctrl-C: running jobs stop at their next window batch (removing partial outputs),
             # queued ones do not start. Without this, leaving the pool's context would first
             # run every queued job.
             cancel.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            for future, job in futures.items():  # jobs that finished meanwhile are reported
+                if job.job_id in recorded or not future.done() or future.cancelled():
+                    continue
+                result = None if future.exception() else future.result()
+                if result is not None and result.status == STATUS_DONE:
+                    record(result)
             raise
 
 

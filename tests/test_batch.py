@@ -339,10 +339,19 @@ def test_kill_9_of_a_pool_batch_leaves_no_worker_writing(scenes, reference, tmp_
         assert_same_outputs(out / f"x_{job_id}", reference / job_id)
 
 
-def test_ctrl_c_stops_a_pool_batch_without_running_the_queue(scenes, reference, tmp_path):
-    folder, rows = scenes
-    copies = [dict(r, job_id=f"x_{r['job_id']}") for r in rows]
-    manifest = write_manifest(folder / "jobs_twice.csv", rows + copies)
+def test_ctrl_c_stops_a_pool_batch_without_running_the_queue(
+    landsat_pair, landsat_change_model, tmp_path
+):
+    """Twelve whole-scene jobs (~0.3 s each, long next to the signal's delivery) on 2 workers:
+    after Ctrl-C the running jobs stop, the 3 the pool has queued do not start, and no folder
+    without a done-marker remains."""
+    a, b = landsat_pair
+    rows = [
+        {"job_id": f"p{i:02d}", "task": "change", "image": a, "image_b": b,
+         "model": landsat_change_model, "tile_size": 32}
+        for i in range(12)
+    ]  # fmt: skip
+    manifest = write_manifest(tmp_path / "jobs.csv", rows)
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "swimdiff_geo.cli.main", "batch", str(manifest), "-o", str(out),
@@ -356,16 +365,12 @@ def test_ctrl_c_stops_a_pool_batch_without_running_the_queue(scenes, reference, 
     done_at_interrupt = len(markers(out))
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "run the same command to resume" in stderr
-    # at most the two running jobs (and one finishing as the signal lands) complete; the pool
-    # has 3 more queued that must not start
-    assert len(markers(out)) <= done_at_interrupt + 3, "queued jobs ran after Ctrl-C"
-    assert not list(out.glob("*/.swimdiff-tmp-*"))
-    statuses = {r["status"] for r in read_report(out).values()}
-    assert "pending" in statuses and "failed" not in statuses
-    result = run_cli("batch", manifest, "-o", out, "-q")
-    assert result.exit_code == 0, result.output
-    for job_id in ALL_JOBS:
-        assert_same_outputs(out / f"x_{job_id}", reference / job_id)
+    # without the stop, the two running jobs and the three queued ones would all finish
+    assert len(markers(out)) <= done_at_interrupt + 2, "queued jobs ran after Ctrl-C"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(markers(out))
+    report = read_report(out)  # jobs that finished while the pool stopped are reported too
+    assert {j for j, r in report.items() if r["status"] == "done"} == set(markers(out))
+    assert {r["status"] for r in report.values()} == {"done", "pending"}
 
 
 def test_only_the_job_whose_option_input_or_outputs_changed_reruns(scenes, tmp_path):
