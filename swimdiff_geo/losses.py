@@ -42,9 +42,9 @@ class ContrastiveOutput:
     false_negatives: Tensor
 
     @property
-    def mean_false_negatives(self) -> float:
-        """Average number of same-scene candidates per query."""
-        return float(self.false_negatives.sum(dim=1).float().mean())
+    def mean_false_negatives(self) -> Tensor:
+        """Average number of same-scene candidates per query (a 0-d tensor: no device sync)."""
+        return self.false_negatives.sum(dim=1).float().mean()
 
 
 def scene_matching_contrastive_loss(
@@ -82,6 +82,9 @@ def scene_matching_contrastive_loss(
         raise ValueError(f"unknown scene-wide matching mode {mode!r}; choose from {SWM_MODES}")
     if tau <= 0 or tau_prime <= 0:
         raise ValueError(f"temperatures must be > 0, got tau={tau}, tau_prime={tau_prime}")
+    # Similarities, softmax and targets in float32 even under bf16/fp16 autocast.
+    query, positive_key = query.float(), positive_key.float()
+    candidate_keys = candidate_keys.float()
     n, k = query.shape[0], candidate_keys.shape[0]
     valid = torch.ones(n, k, dtype=torch.bool, device=query.device)
     if candidate_valid is not None:

@@ -68,13 +68,13 @@ class ProjectionMLP(nn.Module):
 
 @dataclass
 class SwiMDiffOutput:
-    """Losses (scalars) and diagnostics of one step."""
+    """Losses and diagnostics of one step, all 0-d tensors (``loss`` carries the graph)."""
 
     loss: Tensor
     loss_c: Tensor
     loss_d: Tensor | None
-    false_negatives_per_query: float
-    positive_similarity: float
+    false_negatives_per_query: Tensor
+    positive_similarity: Tensor
 
 
 class SwiMDiff(nn.Module):
@@ -269,5 +269,5 @@ class SwiMDiff(nn.Module):
             loss_c=out_c.loss.detach(),
             loss_d=None if loss_d is None else loss_d.detach(),
             false_negatives_per_query=out_c.mean_false_negatives,
-            positive_similarity=float((q.detach() * k).sum(dim=1).mean()),
+            positive_similarity=(q.detach().float() * k.float()).sum(dim=1).mean(),
         )
