@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,36 @@ def parse_date(text: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- sources
+_MAX_OPEN_FILES = 64
+_open_files: OrderedDict[Path, rasterio.io.DatasetReader] = OrderedDict()
+_open_files_pid = os.getpid()
+
+
+def _open_cached(path: Path) -> rasterio.io.DatasetReader:
+    """An open rasterio dataset for ``path`` from a small per-process LRU cache.
+
+    Archives have up to millions of files: keeping one handle per file would exhaust file
+    descriptors, reopening on every read is slow. Forked workers start with an empty cache.
+    """
+    global _open_files_pid
+    if os.getpid() != _open_files_pid:  # a forked worker: the parent's handles are not ours
+        _open_files.clear()
+        _open_files_pid = os.getpid()
+    handle = _open_files.get(path)
+    if handle is not None and not handle.closed:
+        _open_files.move_to_end(path)
+        return handle
+    try:
+        handle = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise PretrainDataError(f"{path}: not a readable raster ({exc})") from exc
+    _open_files[path] = handle
+    while len(_open_files) > _MAX_OPEN_FILES:
+        _, old_handle = _open_files.popitem(last=False)
+        old_handle.close()
+    return handle
+
+
 class RasterSource:
     """One raster of one scene at one date, read by windows.
 
@@ -169,18 +200,10 @@ class GeoTiffSource(RasterSource):
             )
         self._indexes = [i + 1 for i in _select_band_indexes(names, bands, str(self.path))]
         self.bands = tuple(names[i - 1] for i in self._indexes)
-        self._handle: rasterio.io.DatasetReader | None = None
-
-    def __getstate__(self) -> dict:
-        # Open handles do not cross process boundaries (DataLoader workers reopen them).
-        state = self.__dict__.copy()
-        state["_handle"] = None
-        return state
 
     def read(self, window: Window) -> np.ndarray:
-        if self._handle is None or self._handle.closed:
-            self._handle = rasterio.open(self.path)
-        return self._handle.read(self._indexes, window=window).astype(np.float32, copy=False)
+        src = _open_cached(self.path)
+        return src.read(self._indexes, window=window).astype(np.float32, copy=False)
 
 
 class BandFilesSource(RasterSource):
@@ -188,6 +211,10 @@ class BandFilesSource(RasterSource):
 
     The grid is that of the finest band (most pixels); coarser bands are resampled bilinearly
     onto it by windowed reads with a fractional source window (same footprint).
+
+    ``band_shapes`` (one ``(h, w)`` per selected band) skips opening the files here: archives
+    of fixed-size patches (SSL4EO-S12: 264/132/44 px) are listed without touching a million
+    files; the sizes are checked when a file is first read.
     """
 
     def __init__(
@@ -198,40 +225,50 @@ class BandFilesSource(RasterSource):
         name: str,
         bands: Sequence[str] | None = None,
         nodata: float | None = None,
+        band_shapes: list[tuple[int, int]] | None = None,
     ) -> None:
         self.name, self.scene, self.date = name, scene, date
         available = list(band_paths)
         idx = _select_band_indexes(available, bands, name)
         self.bands = tuple(normalize_band_name(available[i]) for i in idx)
         self._paths = [band_paths[available[i]] for i in idx]
-        shapes = []
-        for p in self._paths:
-            try:
-                with rasterio.open(p) as src:
-                    shapes.append((src.height, src.width))
-                    if src.nodata is not None and nodata is None:
-                        nodata = src.nodata
-            except rasterio.errors.RasterioIOError as exc:
-                raise PretrainDataError(f"{p}: not a readable raster ({exc})") from exc
-        ref = int(np.argmax([h * w for h, w in shapes]))
-        self._shapes = shapes
-        self.shape = shapes[ref]
-        with rasterio.open(self._paths[ref]) as src:
-            self.transform, self.crs = src.transform, src.crs
+        if band_shapes is None:
+            band_shapes = []
+            for p in self._paths:
+                src = _open_cached(p)
+                band_shapes.append((src.height, src.width))
+                if nodata is None and src.nodata is not None:
+                    nodata = src.nodata
+        self._shapes = list(band_shapes)
+        self._ref = int(np.argmax([h * w for h, w in self._shapes]))
+        self.shape = self._shapes[self._ref]
         self.nodata = nodata
-        self._handles: list | None = None
+        self._georef: tuple | None = None
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_handles"] = None
-        return state
+    @property
+    def transform(self) -> rasterio.Affine:  # type: ignore[override]
+        return self._georeferencing()[0]
+
+    @property
+    def crs(self) -> rasterio.crs.CRS:  # type: ignore[override]
+        return self._georeferencing()[1]
+
+    def _georeferencing(self) -> tuple:
+        if self._georef is None:
+            src = _open_cached(self._paths[self._ref])
+            self._georef = (src.transform, src.crs)
+        return self._georef
 
     def read(self, window: Window) -> np.ndarray:
-        if self._handles is None:
-            self._handles = [rasterio.open(p) for p in self._paths]
         h, w = int(window.height), int(window.width)
         out = np.empty((len(self._paths), h, w), np.float32)
-        for i, (src, (bh, bw)) in enumerate(zip(self._handles, self._shapes, strict=True)):
+        for i, (path, (bh, bw)) in enumerate(zip(self._paths, self._shapes, strict=True)):
+            src = _open_cached(path)
+            if (src.height, src.width) != (bh, bw):
+                raise PretrainDataError(
+                    f"{path}: {src.height} x {src.width} px, expected {bh} x {bw} like the "
+                    "other acquisitions of this archive"
+                )
             if (bh, bw) == self.shape:
                 out[i] = src.read(1, window=window)
                 continue
@@ -362,9 +399,16 @@ def sources_from_oscd(root: str | Path, bands: Sequence[str] | None = None) -> l
 
 
 def sources_from_ssl4eo(
-    root: str | Path, bands: Sequence[str] | None = None, nodata: float | None = None
+    root: str | Path,
+    bands: Sequence[str] | None = None,
+    nodata: float | None = None,
+    uniform_size: bool = True,
 ) -> list[RasterSource]:
-    """SSL4EO-S12 / SeCo: ``<root>[/s2c]/<location>/<acquisition>/<band>.tif``."""
+    """SSL4EO-S12 / SeCo: ``<root>[/s2c]/<location>/<acquisition>/<band>.tif``.
+
+    ``uniform_size``: all acquisitions have the band sizes of the first one (true for both
+    datasets), so listing opens no other file; a file that differs is reported when read.
+    """
     base = _ssl4eo_root(Path(root))
     sources: list[RasterSource] = []
     for loc in sorted(p for p in base.iterdir() if p.is_dir()):
@@ -379,11 +423,17 @@ def sources_from_ssl4eo(
             # Keep the Sentinel-2 order (B01..B08, B8A, B09..B12) whatever the listing order.
             order = {b: i for i, b in enumerate(SENTINEL2_L1C.bands)}
             band_paths = dict(sorted(band_paths.items(), key=lambda kv: order.get(kv[0], 99)))
-            sources.append(
-                BandFilesSource(
-                    band_paths, loc.name, parse_date(acq.name), str(acq), bands, nodata=nodata
-                )
+            source = BandFilesSource(
+                band_paths,
+                loc.name,
+                parse_date(acq.name),
+                str(acq),
+                bands,
+                nodata=nodata if nodata is not None or not sources else sources[0].nodata,
+                # Fixed-size patches: only the first acquisition's files are opened here.
+                band_shapes=sources[0]._shapes if sources and uniform_size else None,
             )
+            sources.append(source)
     if not sources:
         raise PretrainDataError(f"{base}: no <location>/<acquisition>/B*.tif band files found")
     return sources

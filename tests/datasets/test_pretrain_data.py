@@ -250,3 +250,36 @@ def test_sample_s2_pair_as_folder_and_as_temporal_manifest(tmp_path) -> None:
             np.testing.assert_allclose(s["view1"].numpy(), first.read(window=win) * 1e-4, rtol=1e-6)
             np.testing.assert_allclose(s["view2"].numpy(), second.read(window=win) * 1e-4,
                                        rtol=1e-6)  # fmt: skip
+
+
+def test_ssl4eo_listing_trusts_the_first_patch_size_and_checks_it_on_read(tmp_path) -> None:
+    images = OSCD_MINI / "Onera Satellite Change Detection dataset - Images"
+    for loc, city in (("0000001", "beihai"), ("0000002", "saclay_e")):
+        for date in (1, 2):
+            folder = next((images / city / f"imgs_{date}").glob("*_B02.tif")).parent
+            acq = tmp_path / loc / f"acq{date}_2017010{date}"
+            acq.mkdir(parents=True)
+            for band in ("B02", "B03", "B04", "B05"):
+                shutil.copy(next(folder.glob(f"*_{band}.tif")), acq / f"{band}.tif")
+    sources = build_sources(tmp_path, "ssl4eo")
+    assert [(s.scene, s.date) for s in sources] == [
+        ("0000001", "20170101"), ("0000001", "20170102"),
+        ("0000002", "20170101"), ("0000002", "20170102"),
+    ]  # fmt: skip
+    assert all(s.shape == (48, 48) for s in sources)
+    sources[0].read(rasterio.windows.Window(0, 0, 16, 16))
+    # saclay_e's second date is 45 x 46 px: reported when read, with the file's name.
+    with pytest.raises(PretrainDataError, match=r"0000002/acq2_20170102/B02.tif: 45 x 46 px"):
+        sources[3].read(rasterio.windows.Window(0, 0, 16, 16))
+
+
+def test_open_file_cache_evicts_and_reopens(monkeypatch, s2_folder, beihai) -> None:
+    import swimdiff_geo.data.pretrain as pretrain_data
+
+    monkeypatch.setattr(pretrain_data, "_MAX_OPEN_FILES", 1)
+    a, b = build_sources(s2_folder)
+    win = rasterio.windows.Window(3, 5, 16, 16)
+    first = a.read(win)
+    b.read(win)  # evicts and closes a's handle
+    np.testing.assert_array_equal(a.read(win), first)
+    assert len(pretrain_data._open_files) == 1
