@@ -29,7 +29,6 @@ import os
 import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +54,7 @@ __all__ = [
     "BandFilesSource",
     "GeoTiffSource",
     "OSCDSource",
+    "PretrainDataError",
     "PretrainWindowDataset",
     "RasterSource",
     "build_sources",
@@ -463,13 +463,6 @@ def build_sources(
 
 
 # ---------------------------------------------------------------------------------- dataset
-@dataclass
-class _Pairing:
-    """For temporal views: sources of the same scene at other dates, per source index."""
-
-    partners: dict[int, list[int]] = field(default_factory=dict)
-
-
 class PretrainWindowDataset(Dataset):
     """Random square windows from a list of :class:`RasterSource`.
 
