@@ -335,6 +335,17 @@ class MetricsCSV(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
+        if trainer.is_global_zero and self.path.exists():
+            # A resumed run restarts at its checkpoint's step: drop rows logged after it by
+            # the interrupted run, so every step appears once.
+            with self.path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            kept = [r for r in rows if int(r["step"]) <= trainer.global_step]
+            if len(kept) != len(rows):
+                with self.path.open("w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=self.COLUMNS)
+                    writer.writeheader()
+                    writer.writerows(kept)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

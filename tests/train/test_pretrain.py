@@ -98,6 +98,9 @@ def test_stop_and_resume_continues_where_it_stopped(tmp_path) -> None:
     saved = torch.load(out / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 4
 
+    # As if the first run had been killed after logging step 5 but before checkpointing it.
+    with (out / "metrics.csv").open("a") as fh:
+        fh.write("5,99.0,1,9,9,9,0,0,1,0\n")
     probe = _RecordStart()
     pretrain(PretrainConfig(**base, max_steps=7, resume="auto"), callbacks=[probe])
     # Training resumed at step 4 with the queue, its ids, the EMA encoder and the optimiser.
