@@ -350,10 +350,18 @@ def _fit(
     return trainer
 
 
-def _load_encoder_into(task: HeadTask, encoder: str | Path | None) -> dict[str, Any]:
+def _load_encoder_into(
+    task: HeadTask, encoder: str | Path | None, print_fn: Callable[[str], None] = print
+) -> dict[str, Any]:
     if encoder is None:
+        print_fn("encoder: randomly initialised")
         return {"encoder": None}
     report = load_encoder_weights(task.model.encoder, encoder)
+    adapted = f", conv1 adapted {report.conv1_adapted}" if report.conv1_adapted else ""
+    print_fn(
+        f"encoder: {len(report.loaded)} tensors loaded from {encoder}, "
+        f"{len(report.missing)} missing{adapted}"
+    )
     return {
         "encoder": str(encoder),
         "loaded_keys": len(report.loaded),
@@ -554,7 +562,7 @@ def finetune_change(
         loss=loss,
         pos_weight=float(pos_weight),
     )
-    encoder_info = _load_encoder_into(task, encoder)
+    encoder_info = _load_encoder_into(task, encoder, print_fn)
     print_fn(
         f"change: {len(train_scenes)} train / {len(val_scenes)} val scenes, {len(band_names)} "
         f"bands, change fraction {frac:.3f}, pos_weight {float(pos_weight):.2f}, "
@@ -935,7 +943,7 @@ def finetune_landcover(
         loss="ce",
         class_weights=weights,
     )
-    encoder_info = _load_encoder_into(task, encoder)
+    encoder_info = _load_encoder_into(task, encoder, print_fn)
     print_fn(
         f"{task_name}: classes {class_values}, training counts {counts.tolist()}, "
         f"{len(train_ds)} training items/epoch, {len(val_ds)} validation items"
