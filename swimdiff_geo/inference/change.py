@@ -176,9 +176,8 @@ def detect_change(
             n_polygons = None
             if outputs.polygons:
                 full = Window(0, 0, grid.width, grid.height)
-                changed_mask = mask.sink.read(full) == 1
                 layer, n_polygons = regions_layer(
-                    changed_mask,
+                    mask.sink.read(full) == 1,  # a temporary: freed once labelled
                     grid,
                     crs,
                     options.min_area,
@@ -187,7 +186,6 @@ def detect_change(
                     layer_name="change_polygons",
                     log=ctx.log,
                 )
-                del changed_mask
                 ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
             probability.finish()
             mask.finish()

@@ -11,7 +11,12 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.errors import (
+    NodataShadowWarning,
+    NotGeoreferencedWarning,
+    RasterioError,
+    RasterioIOError,
+)
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
@@ -223,29 +228,26 @@ class RasterioBackend:
         from rasterio.features import shapes
 
         grid = layer.grid
-        mask = layer.labels > 0
         fiona_types = {"int": "int", "float": "float", "str": "str"}
         schema = {
             "geometry": "Polygon",
             "properties": {k: fiona_types[layer.field_types[k]] for k in layer.attributes},
         }
+        # GDAL polygonises a band block by block; handing it the label array would copy the
+        # whole array into an in-memory raster first, so the labels go through a scratch file.
+        scratch, scratch_mask = path + ".labels.tif", path + ".mask.tif"
         try:
-            with fiona.open(
-                path,
-                "w",
-                driver="GPKG",
-                layer=layer.layer_name,
-                schema=schema,
+            self._write_labels(scratch, scratch_mask, layer)
+            with rasterio.open(scratch) as labels, rasterio.open(scratch_mask) as keep, fiona.open(
+                path, "w", driver="GPKG", layer=layer.layer_name, schema=schema,
                 crs_wkt=grid.crs_wkt or "",
-            ) as dst:
+            ) as dst:  # fmt: skip
+                band, mask = rasterio.band(labels, 1), rasterio.band(keep, 1)
 
                 def features():
-                    for geom, value in shapes(
-                        layer.labels,
-                        mask=mask,
-                        connectivity=8,
-                        transform=Affine.from_gdal(*grid.transform),
-                    ):
+                    # The mask (label > 0) keeps the background out of the polygons.
+                    for geom, value in shapes(band, mask=mask, connectivity=8,
+                                              transform=labels.transform):  # fmt: skip
                         label = int(value)
                         props = {k: _py(v[label]) for k, v in layer.attributes.items()}
                         yield {"geometry": geom, "properties": props}
@@ -253,6 +255,31 @@ class RasterioBackend:
                 dst.writerecords(features())
         except Exception as exc:  # fiona raises several unrelated types
             raise OutputError(f"{path}: cannot write polygons: {exc}") from exc
+        finally:
+            for name in (scratch, scratch_mask):
+                if os.path.exists(name):
+                    os.remove(name)
+
+    @staticmethod
+    def _write_labels(path: str, mask_path: str, layer: PolygonLayer, strip_rows: int = 1024):
+        """Labels (int32) and their mask (uint8, label > 0) as tiled scratch GeoTIFFs."""
+        grid = layer.grid
+        profile = {
+            "driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1,
+            "transform": Affine.from_gdal(*grid.transform), "tiled": True,
+            "blockxsize": 256, "blockysize": 256, "compress": "LZW", "BIGTIFF": "IF_SAFER",
+        }  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path, "w", dtype="int32", **profile) as labels, rasterio.open(
+                mask_path, "w", dtype="uint8", **profile
+            ) as mask:  # fmt: skip
+                for row in range(0, grid.height, strip_rows):
+                    n = min(strip_rows, grid.height - row)
+                    window = RioWindow(0, row, grid.width, n)
+                    strip = layer.labels[row : row + n]
+                    labels.write(strip[None], window=window)
+                    mask.write((strip > 0).astype(np.uint8)[None], window=window)
 
     def describe(self, path: str) -> dict[str, Any]:
         ds = self._open_dataset(path)

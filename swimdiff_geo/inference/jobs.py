@@ -163,6 +163,7 @@ def regions_layer(
     """
     if labels is None:
         labels, count = label_regions(mask)
+        del mask  # the caller passes a temporary: free it before the label image grows
     else:
         count = int(labels.max(initial=0))
     area = np.zeros(count + 1, np.float64)
@@ -193,7 +194,7 @@ def regions_layer(
     keep[0] = False
     new_id = np.zeros(count + 1, np.int32)
     new_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    labels = new_id[labels]
+    np.take(new_id, labels, out=labels)  # in place: a second label image would double memory
     kept = np.concatenate([[0], np.flatnonzero(keep)])
     attributes: dict[str, np.ndarray] = {"region_id": np.arange(len(kept), dtype=np.int64)}
     types = {"region_id": "int"}
