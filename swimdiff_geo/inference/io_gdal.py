@@ -434,18 +434,26 @@ class GdalBackend:
         fields in the order of ``layer.attributes``; NaN becomes NULL.
         """
         path = str(path)
-        labels = np.ascontiguousarray(layer.labels, dtype=np.int32)
+        labels = layer.labels
         rows, cols = labels.shape
         names = list(layer.attributes)
+        # A scratch GeoTIFF, not a MEM raster: Polygonize reads it block by block, where a MEM
+        # raster would hold a second full copy of the label image.
+        labels_path = path + ".labels.tif"
         try:
             with _gdal_errors():
                 mem = _check(
-                    gdal.GetDriverByName("MEM").Create("", cols, rows, 1, gdal.GDT_Int32),
-                    "creating in-memory raster",
-                )
+                    gdal.GetDriverByName("GTiff").Create(
+                        labels_path, cols, rows, 1, gdal.GDT_Int32,
+                        ["TILED=YES", "COMPRESS=LZW", "BIGTIFF=IF_SAFER"],
+                    ),
+                    "creating the scratch label raster",
+                )  # fmt: skip
                 mem.SetGeoTransform(list(layer.grid.transform))
                 band = mem.GetRasterBand(1)
-                band.WriteArray(labels)
+                for row in range(0, rows, 1024):
+                    strip = np.ascontiguousarray(labels[row : row + 1024], dtype=np.int32)
+                    band.WriteArray(strip, 0, row)
                 band.SetNoDataValue(0)  # its nodata mask keeps the background out of the polygons
                 # Polygonise into memory first, then copy with the attributes: GeoPackage layers
                 # are not safely updated while being iterated.
@@ -490,6 +498,10 @@ class GdalBackend:
                 mem = None
         except _GdalFailure as exc:
             raise OutputError(f"{path}: cannot write polygons ({exc})") from exc
+        finally:
+            mem = band = None  # close the scratch raster before removing it
+            if os.path.exists(labels_path):
+                gdal.Unlink(labels_path)
 
     # -- info -----------------------------------------------------------------------------
     def describe(self, path: str) -> dict[str, Any]:
