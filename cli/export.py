@@ -75,7 +75,8 @@ from .finetune import _names, train_errors
     type=click.FloatRange(min=0),
     default=1e-4,
     show_default=True,
-    help="Largest allowed |PyTorch - onnxruntime| on the parity windows.",
+    help="Largest allowed |PyTorch - onnxruntime| on the parity windows, relative to "
+    "max(1, |output|): absolute for probabilities.",
 )
 @train_errors
 def export(checkpoint: str, out: str, **kwargs: Any) -> None:
@@ -83,8 +84,9 @@ def export(checkpoint: str, out: str, **kwargs: Any) -> None:
     from swimdiff_geo.export import export_model
 
     report = export_model(checkpoint, out, print_fn=click.echo, **kwargs)
+    parity = report["parity"]
     click.echo(
-        f"parity max abs difference {report['parity']['max_abs_diff']:.2e} "
-        f"(<= {report['parity']['tolerance']:.0e}); report: "
-        f"{out.rsplit('.', 1)[0]}.export.json"
+        f"parity max abs difference {parity['max_abs_diff']:.2e} (relative to the output scale "
+        f"{parity['max_scaled_diff']:.2e} <= {parity['tolerance']:.0e}); "
+        f"report: {out.rsplit('.', 1)[0]}.export.json"
     )
