@@ -141,11 +141,14 @@ class RasterSpec:
 class PolygonLayer:
     """Polygons to write: one polygon per label value > 0 of ``labels`` (8-connected regions).
 
+    ``write_polygons`` may set ``labels`` to None once it has read them, to free the memory of
+    a scene-sized label image early: a layer is written once.
+
     ``attributes[name]`` is an array indexed by label value (index 0 unused); ``field_types``
     maps the name to "int" | "float" | "str".
     """
 
-    labels: np.ndarray  # int32 (rows, cols), 0 = background
+    labels: np.ndarray | None  # int32 (rows, cols), 0 = background
     grid: Grid
     attributes: dict[str, np.ndarray]
     field_types: dict[str, str]

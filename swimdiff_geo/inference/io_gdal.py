@@ -455,6 +455,7 @@ class GdalBackend:
                     strip = np.ascontiguousarray(labels[row : row + 1024], dtype=np.int32)
                     band.WriteArray(strip, 0, row)
                 band.SetNoDataValue(0)  # its nodata mask keeps the background out of the polygons
+                labels = layer.labels = None  # written: free the scene-sized array early
                 # Polygonise into memory first, then copy with the attributes: GeoPackage layers
                 # are not safely updated while being iterated.
                 scratch = ogr.GetDriverByName("Memory").CreateDataSource("polygons")

@@ -238,6 +238,9 @@ class RasterioBackend:
         scratch, scratch_mask = path + ".labels.tif", path + ".mask.tif"
         try:
             self._write_labels(scratch, scratch_mask, layer)
+            # rasterio's shapes() holds every polygon of the scene in memory before yielding
+            # any: release the label image (the caller's last use) before that.
+            layer.labels = None
             with rasterio.open(scratch) as labels, rasterio.open(scratch_mask) as keep, fiona.open(
                 path, "w", driver="GPKG", layer=layer.layer_name, schema=schema,
                 crs_wkt=grid.crs_wkt or "",
@@ -252,7 +255,16 @@ class RasterioBackend:
                         props = {k: _py(v[label]) for k, v in layer.attributes.items()}
                         yield {"geometry": geom, "properties": props}
 
-                dst.writerecords(features())
+                # In chunks: fiona's writerecords holds its whole argument in memory, and a
+                # noisy scene has hundreds of thousands of polygons.
+                chunk: list[dict] = []
+                for feature in features():
+                    chunk.append(feature)
+                    if len(chunk) == 10_000:
+                        dst.writerecords(chunk)
+                        chunk = []
+                if chunk:
+                    dst.writerecords(chunk)
         except Exception as exc:  # fiona raises several unrelated types
             raise OutputError(f"{path}: cannot write polygons: {exc}") from exc
         finally:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .areas import label_regions, row_pixel_areas_m2
+from .areas import label_regions, relabel_in_place, row_pixel_areas_m2
 from .contract import LoadedModel, load_model
 from .defaults import default_backend, default_model_path
 from .io import CrsInfo, Grid, PolygonLayer, RasterBackend, RasterSink, RasterSpec, Window
@@ -194,7 +194,7 @@ def regions_layer(
     keep[0] = False
     new_id = np.zeros(count + 1, np.int32)
     new_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    np.take(new_id, labels, out=labels)  # in place: a second label image would double memory
+    relabel_in_place(labels, new_id)  # in place: a second label image would double memory
     kept = np.concatenate([[0], np.flatnonzero(keep)])
     attributes: dict[str, np.ndarray] = {"region_id": np.arange(len(kept), dtype=np.int64)}
     types = {"region_id": "int"}
