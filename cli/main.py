@@ -8,6 +8,7 @@ missing.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import click
 
