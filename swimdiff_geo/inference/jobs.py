@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -72,7 +73,7 @@ def start_job(
     started = time.perf_counter()
     kinds = (model_type,) if isinstance(model_type, str) else model_type
     model_path = options.model or default_model_path(kinds[0])
-    model = load_model(model_path, options.device, options.threads, expected_type=kinds)
+    model = cached_model(model_path, options.device, options.threads, kinds)
     tile = options.tile_size or model.contract.tile_size
     if tile < 8:
         raise ValueError(f"tile size must be >= 8 pixels, got {tile}")
@@ -95,6 +96,27 @@ def start_job(
         warnings=messages,
         started=started,
     )
+
+
+def cached_model(path: str, device: str, threads: int, kinds: tuple[str, ...]) -> LoadedModel:
+    """:func:`load_model`, reusing the session of an earlier job in this process when the file
+    is unchanged (same size and mtime): a batch of hundreds of scenes, or repeated QGIS runs,
+    then load a model once. onnxruntime sessions are safe to run from several threads."""
+    try:
+        stat = os.stat(path)
+        stamp = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        stamp = None  # load_model reports the missing file
+    if stamp is None:
+        return load_model(path, device, threads, expected_type=kinds)
+    return _load_model_cached(os.path.abspath(path), stamp, device, threads, kinds)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model_cached(
+    path: str, stamp: tuple[int, int], device: str, threads: int, kinds: tuple[str, ...]
+) -> LoadedModel:
+    return load_model(path, device, threads, expected_type=kinds)
 
 
 class AreaCounter:
