@@ -156,7 +156,9 @@ def build_landcover(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--oscd", type=Path, required=True, help="the OSCD folder (images only used)")
+    parser.add_argument(
+        "--oscd", type=Path, required=True, help="the OSCD folder (images only used)"
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     threshold = cva_threshold(args.oscd)

@@ -31,7 +31,8 @@ PROFILE = {"driver": "GTiff", "compress": "deflate", "predictor": 2, "tiled": Fa
 
 def oscd_stack(city_dir: Path, date: int, window: Window) -> tuple[np.ndarray, dict]:
     """13 bands of one OSCD date resampled onto ``window`` of the B02 (10 m) grid, uint16."""
-    files = {Path(f).stem.rsplit("_", 1)[1]: f for f in glob.glob(str(city_dir / f"imgs_{date}" / "*.tif"))}
+    pattern = str(city_dir / f"imgs_{date}" / "*.tif")
+    files = {Path(f).stem.rsplit("_", 1)[1]: f for f in glob.glob(pattern)}
     with rasterio.open(files["B02"]) as ref:
         transform = ref.window_transform(window)
         crs = ref.crs
