@@ -8,7 +8,7 @@ import click
 
 from swimdiff_geo.inference.contract import load_model
 
-from .options import handle_errors
+from .options import handle_errors, parse_bands
 
 
 def _is_onnx(path: str) -> bool:
@@ -93,9 +93,7 @@ def _print_readable(facts: dict, indent: int = 0) -> None:
     "--bands",
     default=None,
     help="For --model: explicit band numbers, e.g. 2,3,4,8.",
-    callback=lambda ctx, p, v: __import__(
-        "swimdiff_geo.cli.options", fromlist=["parse_bands"]
-    ).parse_bands(ctx, p, v),
+    callback=parse_bands,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of readable text.")
 @handle_errors

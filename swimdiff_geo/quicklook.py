@@ -19,12 +19,14 @@ CHANGE_RGB = (255, 32, 32)
 GAP = 4  # px between panels
 
 
-def _read_small(path: str | Path, bands: Sequence[int], max_side: int, nearest: bool = False):
+def _read_small(
+    path: str | Path, bands: Sequence[int], max_side: int, nearest: bool = False
+) -> np.ndarray:
     with rasterio.open(path) as ds:
         scale = max(1.0, max(ds.width, ds.height) / max_side)
         shape = (len(bands), max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
         resampling = Resampling.nearest if nearest else Resampling.average
-        return ds.read(list(bands), out_shape=shape, resampling=resampling), ds
+        return ds.read(list(bands), out_shape=shape, resampling=resampling)
 
 
 def stretch(data: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
@@ -73,9 +75,9 @@ def change_quicklook(image_a: str | Path, image_b: str | Path, change_mask: str 
     """Date A | date B | date B with changed pixels in red, true colour, one PNG."""
     with rasterio.open(image_a) as ds:
         bands = rgb_bands(ds.descriptions, ds.count)
-    a, _ = _read_small(image_a, bands, max_side)
-    b, _ = _read_small(image_b, bands, max_side)
-    mask, _ = _read_small(change_mask, [1], max_side, nearest=True)
+    a = _read_small(image_a, bands, max_side)
+    b = _read_small(image_b, bands, max_side)
+    mask = _read_small(change_mask, [1], max_side, nearest=True)
     a_rgb, b_rgb = stretch(a), stretch(b)
     overlay = _fit(b_rgb, mask.shape[1:]).copy()
     changed = mask[0] == 1
@@ -89,8 +91,8 @@ def landcover_quicklook(image: str | Path, landcover: str | Path, out_png: str |
     """True colour | class map in the model's colours, one PNG."""
     with rasterio.open(image) as ds:
         bands = rgb_bands(ds.descriptions, ds.count)
-    x, _ = _read_small(image, bands, max_side)
-    classes, _ = _read_small(landcover, [1], max_side, nearest=True)
+    x = _read_small(image, bands, max_side)
+    classes = _read_small(landcover, [1], max_side, nearest=True)
     with rasterio.open(landcover) as ds:
         colormap = ds.colormap(1) if ds.colorinterp and ds.count == 1 else {}
     palette = np.zeros((256, 3), np.uint8)
