@@ -150,6 +150,13 @@ def common_training_options(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="DataLoader worker processes.",
         ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="torch intra-op CPU threads (1 per process when jobs share the cores).  "
+            "[default: torch's choice]",
+        ),
         click.option("--resume", is_flag=True, help="Continue from OUT/last.ckpt if present."),
         click.option(
             "--accelerator",
@@ -230,6 +237,7 @@ def change(**kwargs: Any) -> None:
     """Train a Siamese change detector; best.ckpt is kept by validation F1 of the change class."""
     from swimdiff_geo.train.finetune import finetune_change
 
+    _set_threads(kwargs.pop("threads"))
     summary = finetune_change(**kwargs)
     _report(summary)
 
@@ -314,8 +322,16 @@ def landcover(**kwargs: Any) -> None:
     """Train land-cover segmentation (raster + polygons/points) or patch classification."""
     from swimdiff_geo.train.finetune import finetune_landcover
 
+    _set_threads(kwargs.pop("threads"))
     summary = finetune_landcover(**kwargs)
     _report(summary)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _report(summary: dict[str, Any]) -> None:

@@ -116,3 +116,42 @@ def test_int8_export_reports_quality_and_speed(change_ckpt: Path, tmp_path: Path
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     saved = json.loads((tmp_path / "change.export.json").read_text())
     assert saved["int8"]["f1_int8"] == pytest.approx(int8["f1_int8"])
+
+
+def test_compressed_export_keeps_outputs_and_shrinks_the_file(
+    change_ckpt: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "change.onnx"
+    report = export_model(
+        change_ckpt, out, compress=True, exporter="torchscript", print_fn=lambda s: None
+    )["compressed"]
+    small = Path(report["onnx"])
+    assert small == tmp_path / "change.compressed.onnx"
+    # ResNet-18 + decoder: layer4 and the first decoder block in int8, the rest fp16.
+    assert report["size_mb_compressed"] < 0.4 * report["size_mb_fp32"]
+    assert report["max_abs_diff"] < 5e-3  # probabilities
+    assert abs(report["f1_change"]) < 0.02
+    loaded = load_model(small, expected_type="change_detection")
+    assert loaded.contract.bands == load_model(out).contract.bands
+    assert "int8" in loaded.contract.extra["quantization"]
+    assert "float16" in loaded.contract.extra["quantization"]
+
+
+def test_compress_weights_rounds_large_convolutions_to_per_channel_int8(
+    change_ckpt: Path, tmp_path: Path
+) -> None:
+    from swimdiff_geo.export import compress_weights
+
+    source = load_export_source(change_ckpt)
+    fp32 = export_onnx(source, tmp_path / "change.onnx", exporter="torchscript")
+    small = compress_weights(fp32, tmp_path / "small.onnx", int8_min_elements=100_000)
+    graph = onnx.load(str(small)).graph
+    int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert int8 and all(i.name.endswith(("__int8", "__zero")) for i in int8)
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) == len(int8) // 2
+    windows = real_windows(source, "val", 2)
+    a = load_model(fp32).session.run(None, {"input": windows})[0]
+    b = load_model(small).session.run(None, {"input": windows})[0]
+    assert np.abs(a - b).max() < 2e-2
+    with pytest.raises(ExportError, match="already quantised"):
+        compress_weights(small, tmp_path / "again.onnx")

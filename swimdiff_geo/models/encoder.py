@@ -158,6 +158,7 @@ class ResNetEncoder(nn.Module):
             256 * expansion,
             512 * expansion,
         )
+        self.stem_channels = 64  # the stride-2 map of forward_pyramid
         self.out_channels = self.stage_channels[-1]
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc: nn.Linear | None = (
@@ -190,16 +191,24 @@ class ResNetEncoder(nn.Module):
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """x (N, C, H, W) -> the 4 stage outputs at strides 4, 8, 16, 32 (see class docstring)."""
+        return self.forward_pyramid(x)[1:]
+
+    def forward_pyramid(self, x: Tensor) -> list[Tensor]:
+        """x (N, C, H, W) -> the stem map (N, 64, H/2, W/2) then the 4 stage outputs.
+
+        The stem map (first convolution, batch norm, ReLU, before max pooling) is the stride-2
+        skip connection of UNet decoders, as in segmentation_models_pytorch.
+        """
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        f1 = self.layer1(x)
+        stem = self.relu(self.bn1(self.conv1(x)))
+        f1 = self.layer1(self.maxpool(stem))
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         f4 = self.layer4(f3)
-        return [f1, f2, f3, f4]
+        return [stem, f1, f2, f3, f4]
 
     def pool(self, f4: Tensor) -> Tensor:
         """Global average pooling of the stage-4 map (N, c4, h, w) -> (N, c4)."""

@@ -22,10 +22,16 @@ class SegmentationNet(nn.Module):
             raise ValueError(f"a segmentation model needs >= 2 classes, got {num_classes}")
         self.encoder = encoder
         self.num_classes = num_classes
-        self.decoder = UNetDecoder(encoder.stage_channels, num_classes, decoder_channels)
+        self.decoder = UNetDecoder(
+            encoder.stage_channels,
+            num_classes,
+            decoder_channels,
+            stem_channels=encoder.stem_channels,
+            input_channels=encoder.in_channels,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.encoder.forward_features(x), x.shape[-2:])
+        return self.decoder(self.encoder.forward_pyramid(x), x)
 
 
 class PatchClassifier(nn.Module):

@@ -62,3 +62,23 @@ def test_resnet50_variant_builds_with_wider_stages() -> None:
     with torch.no_grad():
         out = model(torch.from_numpy(real_pair(32, 32).numpy()[:, [3, 2, 1, 16, 15, 14]]))
     assert out.shape == (1, 1, 32, 32)
+
+
+def test_decoder_has_a_skip_at_stride_2_and_at_full_resolution() -> None:
+    """Small changes (a few 10 m pixels) need detail the stride-4 stages no longer hold."""
+    torch.manual_seed(0)
+    model = build_change_model(bands_per_date=13).eval()
+    x = real_pair(45, 37)
+    pyramid = model.encoder.forward_pyramid(x[:, :13])
+    assert [tuple(f.shape[-2:]) for f in pyramid] == [(23, 19), (12, 10), (6, 5), (3, 3), (2, 2)]
+    assert pyramid[0].shape[1] == model.encoder.stem_channels == 64
+    for a, b in zip(pyramid[1:], model.encoder.forward_features(x[:, :13]), strict=True):
+        torch.testing.assert_close(a, b)
+    # block2 takes the stem difference, block1 the input difference (13 bands)
+    assert model.decoder.block2[0].in_channels == 64 + 64
+    assert model.decoder.block1[0].in_channels == 32 + 13
+    # the input difference reaches the output without passing through the encoder
+    x = x.clone().requires_grad_(True)
+    model(x)[0, 0, 20, 20].backward()
+    grad = x.grad[0, :13].abs().sum(0)
+    assert grad[19:22, 19:22].sum() > 0
