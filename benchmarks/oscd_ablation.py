@@ -1,0 +1,220 @@
+"""The SwiMDiff ablation on OSCD at our scale: pretrain 4 encoders, fine-tune 5 change models.
+
+    python benchmarks/oscd_ablation.py /path/to/shared/data/oscd --runs runs/ablation \\
+        --out docs/results.md
+
+Rows (docs/results.md): random init; MoCo (swm-mode none, lambda_D 0); MoCo + scene-wide
+matching; MoCo + diffusion; full SwiMDiff; and change-vector analysis + Otsu. Every encoder is
+pretrained with the same settings (steps, batch, crop, learning rate, seed) on the images of all
+24 OSCD cities (labels unused); every change model is fine-tuned with the same recipe on the
+training cities and scored on the validation cities at threshold 0.5.
+
+Resumable: each pretraining resumes from its last.ckpt, each fine-tuning from its last.ckpt, and
+finished runs (encoder.pt / metrics.json present) are skipped; run it again after an interruption.
+``--phase table`` only rewrites the table from finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cva_otsu_oscd import counts, scores  # noqa: E402
+
+TRAIN_CITIES = "beihai,beirut,bercy,cupertino,paris,pisa,rennes"
+VAL_CITIES = "bordeaux,mumbai,saclay_e"
+
+# name -> (label in the table, pretraining flags; None = no pretraining)
+VARIANTS: dict[str, tuple[str, list[str] | None]] = {
+    "random": ("random init", None),
+    "moco": ("MoCo (swm none, lambda_D 0)", ["--swm-mode", "none", "--lambda-d", "0"]),
+    "moco_swm": ("MoCo + scene-wide matching", ["--swm-mode", "soft", "--lambda-d", "0"]),
+    "moco_diffusion": ("MoCo + diffusion", ["--swm-mode", "none", "--lambda-d", "1"]),
+    "swimdiff": ("full SwiMDiff", ["--swm-mode", "soft", "--lambda-d", "1"]),
+}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "swimdiff_geo.cli.main", *args]
+
+
+def _timed(cmd: list[str], run_dir: Path) -> None:
+    """Run ``cmd``; add its wall time to run_dir/wall_time.json (summed over resumptions)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = run_dir / "wall_time.json"
+    spent = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
+    print("+", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    try:
+        subprocess.run(cmd, check=True)
+    finally:
+        spent += time.perf_counter() - t0
+        record.write_text(json.dumps({"seconds": round(spent, 1)}))
+
+
+def pretrain_args(args: argparse.Namespace) -> list[str]:
+    return [
+        "--data", str(args.oscd), "--format", "oscd", "--arch", "resnet18",
+        "--crop-size", str(args.crop), "--batch-size", str(args.pretrain_batch),
+        "--max-steps", str(args.steps), "--lr", str(args.pretrain_lr), "--warmup-steps", "20",
+        "--threads", str(args.threads), "--num-workers", "1", "--checkpoint-every", "50",
+        "--seed", "0", "--resume", "auto", "--no-progress-bar",
+    ]  # fmt: skip
+
+
+def finetune_args(args: argparse.Namespace, seed: int) -> list[str]:
+    return [
+        "--data", str(args.oscd), "--train-cities", TRAIN_CITIES, "--val-cities", VAL_CITIES,
+        "--arch", "resnet18", "--epochs", str(args.epochs), "--lr", "1e-3", "--batch-size", "8",
+        "--crop-size", "96", "--val-tile", "256", "--normalize", "standardize",
+        "--loss", "bce+dice", "--pos-weight", "auto", "--seed", str(seed), "--resume",
+        "--threads", str(args.threads),
+    ]  # fmt: skip
+
+
+def run_pretraining(args: argparse.Namespace) -> None:
+    for name, (_, flags) in VARIANTS.items():
+        if flags is None:
+            continue
+        run_dir = args.runs / f"pretrain_{name}"
+        if (run_dir / "encoder.pt").exists() and _finished_steps(run_dir) >= args.steps:
+            continue
+        _timed(_cli("pretrain", *pretrain_args(args), *flags, "--out", str(run_dir)), run_dir)
+
+
+def _finished_steps(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.csv"
+    if not metrics.exists():
+        return 0
+    rows = metrics.read_text().strip().splitlines()[1:]
+    return int(rows[-1].split(",")[0]) if rows else 0
+
+
+def run_finetuning(args: argparse.Namespace) -> None:
+    for seed in args.seeds:
+        for name, (_, flags) in VARIANTS.items():
+            if name not in args.only:
+                continue
+            run_dir = args.runs / f"finetune_{name}_s{seed}"
+            if (run_dir / "metrics.json").exists():
+                continue
+            encoder_pt = args.runs / f"pretrain_{name}" / "encoder.pt"
+            if flags is not None and _finished_steps(encoder_pt.parent) < args.steps:
+                print(f"skipping {run_dir.name}: pretrain_{name} has not finished", flush=True)
+                continue
+            encoder = [] if flags is None else ["--encoder", str(encoder_pt)]
+            cmd = _cli(
+                "finetune", "change", *finetune_args(args, seed), *encoder, "--out", str(run_dir)
+            )
+            _timed(cmd, run_dir)
+
+
+def cva_otsu_counts(oscd: Path) -> dict[str, np.ndarray]:
+    """(tp, fp, fn) of CVA + per-city Otsu on each validation city."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from build_baseline_models import otsu
+
+    from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root
+
+    root = find_oscd_root(oscd)
+    out = {}
+    for name in VAL_CITIES.split(","):
+        city = OSCDCity(root, name)
+        truth = city.read_labels().astype(bool)
+        a, b = city.read(date=1) * 1e-4, city.read(date=2) * 1e-4
+        magnitude = np.sqrt(((b - a) ** 2).sum(axis=0))
+        out[name] = counts(magnitude > otsu(magnitude.ravel()), truth)
+    return out
+
+
+def _fmt(s: dict[str, float]) -> str:
+    return f"{s['f1']:.3f} ({s['precision']:.3f} / {s['recall']:.3f})"
+
+
+def write_table(args: argparse.Namespace) -> None:
+    cities = VAL_CITIES.split(",")
+    header = "| row | seed | " + " | ".join(cities) + " | **all** | pretrain s | fine-tune s |"
+    lines = [header, "|" + "---|" * (len(cities) + 5)]
+    for name, (label, flags) in VARIANTS.items():
+        pre = args.runs / f"pretrain_{name}" / "wall_time.json"
+        pre_s = f"{json.loads(pre.read_text())['seconds']:.0f}" if flags and pre.exists() else "-"
+        for seed in args.seeds:
+            run_dir = args.runs / f"finetune_{name}_s{seed}"
+            if not (run_dir / "metrics.json").exists():
+                lines.append(
+                    f"| {label} | {seed} | " + " | ".join("not run" for _ in cities) + " | | | |"
+                )
+                continue
+            per_scene = json.loads((run_dir / "metrics.json").read_text())["per_scene"]
+            ft_s = json.loads((run_dir / "wall_time.json").read_text())["seconds"]
+            cells = [_fmt(per_scene[c]) for c in cities]
+            lines.append(
+                f"| {label} | {seed} | " + " | ".join(cells)
+                + f" | **{_fmt(per_scene['all'])}** | {pre_s} | {ft_s:.0f} |"
+            )  # fmt: skip
+    cva = cva_otsu_counts(args.oscd)
+    total = sum(cva.values())
+    cells = [_fmt(scores(cva[c])) for c in cities]
+    lines.append(
+        "| CVA + Otsu (per city) | - | "
+        + " | ".join(cells)
+        + f" | **{_fmt(scores(total))}** | - | - |"
+    )
+    args.table_rows = lines
+
+
+BEGIN, END = "<!-- table: benchmarks/oscd_ablation.py -->", "<!-- /table -->"
+
+
+def write_doc(path: Path, rows: list[str]) -> None:
+    """Put the table between the BEGIN/END markers of ``path`` (the prose around it is kept)."""
+    text = path.read_text() if path.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} markers to put the table between")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(head + BEGIN + "\n" + "\n".join(rows) + "\n" + END + tail)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("oscd", type=Path, help="the OSCD folder (Images + Train Labels)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
+    parser.add_argument(
+        "--out", type=Path, default=None, help="Markdown table, e.g. docs/results.md"
+    )
+    parser.add_argument("--phase", choices=["all", "pretrain", "finetune", "table"], default="all")
+    parser.add_argument("--steps", type=int, default=400, help="pretraining steps per encoder")
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--pretrain-batch", type=int, default=16)
+    parser.add_argument("--pretrain-lr", type=float, default=0.01)
+    parser.add_argument("--epochs", type=int, default=16, help="fine-tuning epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="fine-tune only these rows (two processes can share the work)",
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if args.phase in ("all", "pretrain"):
+        run_pretraining(args)
+    if args.phase in ("all", "finetune"):
+        run_finetuning(args)
+    write_table(args)
+    print("\n".join(args.table_rows))
+    if args.out:
+        write_doc(args.out, args.table_rows)
+
+
+if __name__ == "__main__":
+    main()
