@@ -39,10 +39,14 @@ ABER_CLASSES = {"cls_forest_smpls": "forest", "cls_urban_smpls": "artificial sur
                 "cls_water_smpls": None, "cls_grass_smpls": "grassland"}  # fmt: skip
 
 
+TILE_SIZE: int | None = None  # --tile-size (None: the model's)
+
+
 def class_map(model: str, image: Path, tmp: Path) -> np.ndarray:
     """The engine's class map (class ids, 255 = nodata) of ``image``."""
     out = LandcoverOutputs.in_dir(str(tmp / image.stem))
-    map_landcover(str(image), out, LandcoverOptions(model=model, device="cpu"))
+    options = LandcoverOptions(model=model, device="cpu", tile_size=TILE_SIZE, overwrite=True)
+    map_landcover(str(image), out, options)
     with rasterio.open(out.landcover) as src:
         return src.read(1)
 
@@ -136,7 +140,10 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.3)
     parser.add_argument("--block-buffer", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tile-size", type=int, default=None, help="default: the model's")
     args = parser.parse_args()
+    global TILE_SIZE
+    TILE_SIZE = args.tile_size
     args.num_classes = load_model(args.model).contract.num_classes
     with tempfile.TemporaryDirectory() as tmp:
         print("## eo-learn Slovenia, held-out blocks")

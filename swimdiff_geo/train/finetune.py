@@ -370,6 +370,31 @@ def _load_encoder_into(
     }
 
 
+def warn_if_scaling_differs(
+    encoder: str | Path | None, scaling: BandScaling, print_fn: Callable[[str], None] = print
+) -> bool:
+    """Warn when the encoder was pretrained with the other ``--normalize`` (its encoder.json).
+
+    A pretrained first convolution is tuned to its input distribution: feeding per-band z-scores
+    to an encoder pretrained on reflectance (or the reverse) throws much of the pretraining away.
+    (The input scale itself is not compared: DN x 1e-4 and float reflectance are the same
+    quantity in different files.) Returns True when a warning was printed.
+    """
+    meta_path = Path(encoder).with_name("encoder.json") if encoder else None
+    if meta_path is None or not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    standardized = bool(scaling.mean)
+    if "input_standardized" not in meta or bool(meta["input_standardized"]) == standardized:
+        return False
+    kind, wanted = ("", "standardize") if meta["input_standardized"] else ("un", "scale")
+    print_fn(
+        f"warning: {encoder} was pretrained on {kind}standardised inputs; fine-tune it with "
+        f"--normalize {wanted}"
+    )
+    return True
+
+
 def _scaling(images: Sequence[np.ndarray], input_scale: float, normalize: str) -> BandScaling:
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}")
@@ -563,6 +588,7 @@ def finetune_change(
         pos_weight=float(pos_weight),
     )
     encoder_info = _load_encoder_into(task, encoder, print_fn)
+    warn_if_scaling_differs(encoder, scaling, print_fn)
     print_fn(
         f"change: {len(train_scenes)} train / {len(val_scenes)} val scenes, {len(band_names)} "
         f"bands, change fraction {frac:.3f}, pos_weight {float(pos_weight):.2f}, "
@@ -944,6 +970,7 @@ def finetune_landcover(
         class_weights=weights,
     )
     encoder_info = _load_encoder_into(task, encoder, print_fn)
+    warn_if_scaling_differs(encoder, scaling, print_fn)
     print_fn(
         f"{task_name}: classes {class_values}, training counts {counts.tolist()}, "
         f"{len(train_ds)} training items/epoch, {len(val_ds)} validation items"

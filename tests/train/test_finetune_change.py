@@ -179,3 +179,25 @@ def test_manifest_pairs_train_and_resume(tmp_path: Path) -> None:
     last = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
     # last.ckpt is written after every epoch: epoch index 1, one optimiser step per epoch.
     assert last["epoch"] == 1 and last["global_step"] == 2
+
+
+def test_warns_when_normalisation_differs_from_pretraining(tmp_path: Path) -> None:
+    """encoder.json (written by pretraining) says what the encoder saw; fine-tuning checks it."""
+    import json
+
+    from swimdiff_geo.data.change import BandScaling
+    from swimdiff_geo.train.finetune import warn_if_scaling_differs
+
+    encoder_path = tmp_path / "encoder.pt"
+    encoder_path.write_bytes(b"")  # only its encoder.json is read
+    (tmp_path / "encoder.json").write_text(
+        json.dumps({"input_scale": 1e-4, "input_standardized": False})
+    )
+    said: list[str] = []
+    standardised = BandScaling(1e-4, [0.1] * 13, [0.05] * 13)
+    assert warn_if_scaling_differs(encoder_path, standardised, said.append)
+    assert "--normalize scale" in said[0] and str(encoder_path) in said[0]
+    assert not warn_if_scaling_differs(encoder_path, BandScaling(1.0), said.append)
+    assert not warn_if_scaling_differs(None, standardised, said.append)
+    assert not warn_if_scaling_differs(tmp_path / "other" / "encoder.pt", standardised)
+    assert len(said) == 1
