@@ -6,7 +6,9 @@ Writes small, redistributable crops (see sample_data/README.md for sources and l
 - s2_pair/: a 13-band Sentinel-2 L1C pair from Las Vegas (an OSCD test city: its labels exist
   nowhere, so the crop carries none), every band resampled (bilinear) onto the 10 m B02 grid;
 - landsat_pucallpa/: two Landsat composites (1990, 2020), public domain;
-- naip_nd/: two NAIP crops (2015, 2020) that keep their own, ~1 px different, grids.
+- naip_nd/: two NAIP crops (2015, 2020) that keep their own, ~1 px different, grids;
+- s2_slovenia/: eo-learn's 13-band Sentinel-2 L1C scene 3 (a date the bundled land-cover model
+  was not trained on) as uint16 DN, with its land-use label raster (MIT / Copernicus / RABA).
 """
 
 from __future__ import annotations
@@ -114,6 +116,19 @@ def make_naip(shared: Path) -> None:
              bounds, ["RED", "GREEN", "BLUE", "NIR"])  # fmt: skip
 
 
+def make_slovenia(shared: Path) -> None:
+    folder = shared / "eolearn_slovenia_s2_lulc"
+    with rasterio.open(folder / "derived_reference_scene_3_s2l1c_13band.tif") as src:
+        reflectance, names = src.read(), list(src.descriptions)
+        profile = PROFILE | {"width": src.width, "height": src.height, "count": src.count,
+                             "dtype": "uint16", "crs": src.crs, "transform": src.transform,
+                             "nodata": None}  # fmt: skip
+    # Top-of-atmosphere reflectance -> L1C digital numbers (x 10000), the bundled models' input.
+    dn = np.clip(np.round(reflectance * 10000.0), 0, 65535).astype(np.uint16)
+    write(OUT / "s2_slovenia" / "s2_slovenia_scene3.tif", dn, profile, names)
+    crop(folder / "derived_LULC.tif", OUT / "s2_slovenia" / "lulc.tif", None, ["LULC"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shared_data", type=Path, help="the folder holding oscd/, naip_.../ ...")
@@ -121,6 +136,7 @@ def main() -> None:
     make_s2(args.shared_data)
     make_landsat(args.shared_data)
     make_naip(args.shared_data)
+    make_slovenia(args.shared_data)
 
 
 if __name__ == "__main__":
