@@ -34,6 +34,8 @@ from swimdiff_geo.data.landcover import read_training_labels, spatial_block_spli
 from swimdiff_geo.inference.contract import load_model
 from swimdiff_geo.inference.landcover import LandcoverOptions, LandcoverOutputs, map_landcover
 
+S2_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
+            "B12"]  # fmt: skip
 ABER_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 ABER_CLASSES = {"cls_forest_smpls": "forest", "cls_urban_smpls": "artificial surface",
                 "cls_water_smpls": None, "cls_grass_smpls": "grassland"}  # fmt: skip
@@ -65,8 +67,26 @@ def per_class(pred: np.ndarray, truth: np.ndarray, names: list[str]) -> list[dic
     return rows
 
 
+def model_input(reflectance: np.ndarray, profile: dict, input_scale: float, path: Path) -> Path:
+    """Write 13-band ``reflectance`` as the model's raw input: float reflectance for
+    ``input_scale`` 1, else integers ``reflectance / input_scale`` (e.g. L1C DN for 1e-4)."""
+    if input_scale == 1:
+        data, dtype = reflectance.astype(np.float32), "float32"
+    else:
+        data, dtype = (
+            np.clip(np.round(reflectance / input_scale), 0, 65535).astype(np.uint16),
+            "uint16",
+        )
+    profile = profile | {"count": 13, "dtype": dtype, "nodata": None, "driver": "GTiff"}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = tuple(S2_ORDER)
+    return path
+
+
 def slovenia(model: str, root: Path, args: argparse.Namespace, tmp: Path) -> str:
-    names = [load_model(model).contract.class_names[str(i)] for i in range(args.num_classes)]
+    contract = load_model(model).contract
+    names = [contract.class_names[str(i)] for i in range(args.num_classes)]
     scene = root / "derived_reference_scene_2_s2l1c_13band.tif"
     labelled = read_training_labels(root / "LULC_polygons.gpkg", scene, "LULC_NAME", None, names)
     _, val = spatial_block_split(
@@ -74,7 +94,9 @@ def slovenia(model: str, root: Path, args: argparse.Namespace, tmp: Path) -> str
     )
     lines = []
     for i in (2, 3, 4):
-        pred = class_map(model, root / f"derived_reference_scene_{i}_s2l1c_13band.tif", tmp)
+        with rasterio.open(root / f"derived_reference_scene_{i}_s2l1c_13band.tif") as src:
+            image = model_input(src.read(), src.profile, contract.input_scale, tmp / f"sl{i}.tif")
+        pred = class_map(model, image, tmp)
         rows = per_class(pred, val, names)
         accuracy = float((pred == val)[val < len(names)].mean())
         f1s = [r["f1"] for r in rows if r["px"]]
@@ -88,26 +110,20 @@ def slovenia(model: str, root: Path, args: argparse.Namespace, tmp: Path) -> str
     return "\n".join(lines)
 
 
-def aberystwyth_13band(root: Path, path: Path) -> Path:
-    """A float32 reflectance GeoTIFF with the model's 13 L1C band names (see module doc)."""
+def aberystwyth_13band(root: Path, input_scale: float, path: Path) -> Path:
+    """The subset as the model's 13 L1C bands (see module doc)."""
     with rasterio.open(root / "sen2_20210527_aber_subset.tif") as src:
         data = src.read().astype(np.float32) / 1000.0
-        profile = src.profile | {"count": 13, "dtype": "float32", "nodata": None}
+        profile = src.profile
     bands = dict(zip(ABER_BANDS, data, strict=True))
     bands["B01"], bands["B09"], bands["B10"] = bands["B02"], bands["B8A"], np.zeros_like(data[0])
-    order = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
-             "B12"]  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        for i, name in enumerate(order, start=1):
-            dst.write(bands[name], i)
-            dst.set_band_description(i, name)
-    return path
+    return model_input(np.stack([bands[b] for b in S2_ORDER]), profile, input_scale, path)
 
 
 def aberystwyth(model: str, root: Path, tmp: Path) -> str:
     contract = load_model(model).contract
     names = {int(k): v for k, v in contract.class_names.items()}
-    image = aberystwyth_13band(root, tmp / "aber13.tif")
+    image = aberystwyth_13band(root, contract.input_scale, tmp / "aber13.tif")
     pred = class_map(model, image, tmp)
     with rasterio.open(image) as src:
         shape, transform = (src.height, src.width), src.transform

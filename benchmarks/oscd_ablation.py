@@ -73,7 +73,7 @@ def finetune_args(args: argparse.Namespace, seed: int) -> list[str]:
     return [
         "--data", str(args.oscd), "--train-cities", TRAIN_CITIES, "--val-cities", VAL_CITIES,
         "--arch", "resnet18", "--epochs", str(args.epochs), "--lr", "1e-3", "--batch-size", "8",
-        "--crop-size", "96", "--val-tile", "256", "--normalize", "standardize",
+        "--crop-size", "96", "--val-tile", "256", "--normalize", args.normalize,
         "--loss", "bce+dice", "--pos-weight", "auto", "--seed", str(seed), "--resume",
         "--threads", str(args.threads),
     ]  # fmt: skip
@@ -99,9 +99,8 @@ def _finished_steps(run_dir: Path) -> int:
 
 def run_finetuning(args: argparse.Namespace) -> None:
     for seed in args.seeds:
-        for name, (_, flags) in VARIANTS.items():
-            if name not in args.only:
-                continue
+        for name in args.only:  # in the order given
+            flags = VARIANTS[name][1]
             run_dir = args.runs / f"finetune_{name}_s{seed}"
             if (run_dir / "metrics.json").exists():
                 continue
@@ -170,17 +169,16 @@ def write_table(args: argparse.Namespace) -> None:
     args.table_rows = lines
 
 
-BEGIN, END = "<!-- table: benchmarks/oscd_ablation.py -->", "<!-- /table -->"
-
-
-def write_doc(path: Path, rows: list[str]) -> None:
-    """Put the table between the BEGIN/END markers of ``path`` (the prose around it is kept)."""
-    text = path.read_text() if path.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path}: no {BEGIN} ... {END} markers to put the table between")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text(head + BEGIN + "\n" + "\n".join(rows) + "\n" + END + tail)
+def write_doc(path: Path, name: str, rows: list[str]) -> None:
+    """Put the table between the ``<!-- table: NAME -->`` and ``<!-- /table -->`` markers of
+    ``path`` (NAME = the --runs folder's name; the prose around it is kept)."""
+    begin, end = f"<!-- table: {name} -->", "<!-- /table -->"
+    text = path.read_text() if path.exists() else f"# Results\n\n{begin}\n{end}\n"
+    if begin not in text:
+        raise SystemExit(f"{path}: no {begin} ... {end} markers to put the table between")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(head + begin + "\n" + "\n".join(rows) + "\n" + end + tail)
 
 
 def main() -> None:
@@ -205,6 +203,12 @@ def main() -> None:
         help="fine-tune only these rows (two processes can share the work)",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--normalize",
+        choices=["scale", "standardize"],
+        default="scale",
+        help="fine-tuning input scaling: scale = what the encoders saw in pretraining",
+    )
     args = parser.parse_args()
     if args.phase in ("all", "pretrain"):
         run_pretraining(args)
@@ -213,7 +217,7 @@ def main() -> None:
     write_table(args)
     print("\n".join(args.table_rows))
     if args.out:
-        write_doc(args.out, args.table_rows)
+        write_doc(args.out, args.runs.name, args.table_rows)
 
 
 if __name__ == "__main__":

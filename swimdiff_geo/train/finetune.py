@@ -373,12 +373,13 @@ def _load_encoder_into(
 def warn_if_scaling_differs(
     encoder: str | Path | None, scaling: BandScaling, print_fn: Callable[[str], None] = print
 ) -> bool:
-    """Warn when the encoder was pretrained with the other ``--normalize`` (its encoder.json).
+    """Say so when the encoder was pretrained with the other ``--normalize`` (its encoder.json).
 
-    A pretrained first convolution is tuned to its input distribution: feeding per-band z-scores
-    to an encoder pretrained on reflectance (or the reverse) throws much of the pretraining away.
+    A pretrained first convolution is tuned to its input distribution, so the user should know
+    when fine-tuning feeds it something else. It is a note, not an error: on OSCD, standardised
+    fine-tuning of unstandardised-pretrained encoders still scored higher (docs/results.md).
     (The input scale itself is not compared: DN x 1e-4 and float reflectance are the same
-    quantity in different files.) Returns True when a warning was printed.
+    quantity in different files.) Returns True when the note was printed.
     """
     meta_path = Path(encoder).with_name("encoder.json") if encoder else None
     if meta_path is None or not meta_path.is_file():
@@ -389,8 +390,8 @@ def warn_if_scaling_differs(
         return False
     kind, wanted = ("", "standardize") if meta["input_standardized"] else ("un", "scale")
     print_fn(
-        f"warning: {encoder} was pretrained on {kind}standardised inputs; fine-tune it with "
-        f"--normalize {wanted}"
+        f"note: {encoder} was pretrained on {kind}standardised inputs; --normalize {wanted} "
+        "would match its pretraining (docs/results.md compares both)"
     )
     return True
 

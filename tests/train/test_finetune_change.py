@@ -181,7 +181,7 @@ def test_manifest_pairs_train_and_resume(tmp_path: Path) -> None:
     assert last["epoch"] == 1 and last["global_step"] == 2
 
 
-def test_warns_when_normalisation_differs_from_pretraining(tmp_path: Path) -> None:
+def test_notes_when_normalisation_differs_from_pretraining(tmp_path: Path) -> None:
     """encoder.json (written by pretraining) says what the encoder saw; fine-tuning checks it."""
     import json
 
