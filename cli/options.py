@@ -37,7 +37,8 @@ model_option = click.option(
     "-m",
     type=click.Path(dir_okay=False),
     default=None,
-    help="ONNX model (docs/model-format.md). Default: the model bundled for this task.",
+    help="ONNX model file (docs/model-format.md) or the name of a bundled model, e.g. "
+    "s2_landcover_swimdiff (docs/models.md).  [default: the model bundled for this task]",
 )
 tile_size_option = click.option(
     "--tile-size",

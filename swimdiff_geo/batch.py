@@ -519,9 +519,10 @@ def file_stamp(path: str | None) -> dict[str, Any] | None:
 
 def model_path_of(job: Job) -> str | None:
     """The model file the job runs: its ``model`` column, else the bundled default."""
+    from .inference.defaults import default_model_path, resolve_model_path
+
     if job.options.get("model"):
-        return job.options["model"]
-    from .inference.defaults import default_model_path
+        return resolve_model_path(job.options["model"])
 
     try:
         return default_model_path(job.kind.model_type)

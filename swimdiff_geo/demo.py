@@ -76,8 +76,9 @@ Outputs
 Open them in QGIS: drag the .tif and .gpkg files into the map (Layer > Add Layer > Add Raster
 Layer / Add Vector Layer). Each raster has its QGIS style next to it (<name>.qml), so the
 probability, the change mask and the class map open styled.
-Note: the bundled models are baselines (change-vector analysis, index rules), not trained
-SwiMDiff models; see swimdiff_geo/default_models/README.md.""")
+The change model is a SwiMDiff-pretrained Siamese ResNet-18 fine-tuned on OSCD (non-commercial
+use only: its training labels are CC BY-NC-SA); the land-cover model for these Landsat
+composites is an index rule. Model card and scores: docs/models.md.""")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def test_demo_writes_both_jobs_and_quicklooks(tmp_path):
     for name in ("landcover.tif", "class_areas.csv", "landcover.gpkg", "quicklook.png"):
         assert (landcover_dir / name).is_file(), name
     summary = json.loads((change_dir / "summary.json").read_text())
-    assert summary["model"]["path"].endswith("s2_change_cva.onnx")  # the bundled default
+    assert summary["model"]["path"].endswith("s2_change_swimdiff.onnx")  # the bundled default
     assert 0 < summary["pixels"]["changed"] < summary["pixels"]["valid"]
 
     with rasterio.open(paths["change_quicklook"]) as png, rasterio.open(

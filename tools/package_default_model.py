@@ -7,9 +7,10 @@
 
 Exports with ``swimdiff_geo.export.export_model(..., compress=True)`` (parity with PyTorch
 enforced; int8 for the largest convolution weights, fp16 for the rest, float32 arithmetic),
-writes the compressed file as ``default_models/<name>.onnx`` with ``license`` and
-``description`` added to its metadata, and the export report (fp32 vs compressed F1 / accuracy,
-largest probability difference, sizes) as ``<name>.export.json`` next to the checkpoint.
+writes the compressed file as ``default_models/<name>.onnx`` with ``license``, ``description``
+and any ``--set KEY=JSON`` contract overrides in its metadata, and the export report (fp32 vs
+compressed F1 / accuracy, largest probability difference, sizes) as ``<name>.export.json`` next
+to the checkpoint.
 Refuses a model over 25 MB.
 """
 
@@ -30,14 +31,15 @@ from swimdiff_geo.inference.defaults import DEFAULT_MODELS_DIR
 MAX_BYTES = 25_000_000
 
 
-def set_metadata(path: Path, entries: dict[str, str]) -> None:
+def set_metadata(path: Path, entries: dict[str, object]) -> None:
+    """Set metadata keys (values JSON-encoded, like every key the exporter writes)."""
     model = onnx.load(str(path))
     for entry in list(model.metadata_props):
         if entry.key in entries:
             model.metadata_props.remove(entry)
     for key, value in entries.items():
         prop = model.metadata_props.add()
-        prop.key, prop.value = key, value
+        prop.key, prop.value = key, json.dumps(value)
     onnx.save(model, str(path))
 
 
@@ -49,6 +51,14 @@ def main() -> None:
     parser.add_argument("--license", required=True)
     parser.add_argument("--description", default=None)
     parser.add_argument("--data", default=None, help="data for the checks (default: the ckpt's)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a contract key, e.g. input_scale=0.0001 (the model then takes DN) or "
+        'class_colors=\'{"0": "#e31a1c"}\'; repeatable',
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / f"{args.name}.onnx"
@@ -56,7 +66,10 @@ def main() -> None:
             args.checkpoint, fp32, compress=True, tile_size=args.tile_size, data=args.data
         )
         small = Path(report["compressed"]["onnx"])
-        entries = {"license": args.license}
+        entries: dict[str, object] = {"license": args.license}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            entries[key] = json.loads(value)
         if args.description:
             entries["description"] = args.description
         set_metadata(small, entries)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import ModelError
@@ -10,9 +11,23 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "default_models"
 
 # model_type -> file name in swimdiff_geo/default_models/ (see its README.md and docs/models.md)
 DEFAULT_MODEL_FILES = {
-    "change_detection": "s2_change_cva.onnx",
+    "change_detection": "s2_change_swimdiff.onnx",
     "segmentation": "landsat_landcover_rules.onnx",
 }
+
+
+def bundled_models() -> list[str]:
+    """Names (file stems) of every model in the package, e.g. ``s2_landcover_swimdiff``."""
+    return sorted(p.stem for p in DEFAULT_MODELS_DIR.glob("*.onnx"))
+
+
+def resolve_model_path(model: str) -> str:
+    """``model`` itself when it is a file, else the bundled model of that name (with or without
+    ``.onnx``), else ``model`` unchanged (loading it then reports the missing file)."""
+    if os.path.isfile(model) or os.sep in model or "/" in model:
+        return model
+    bundled = DEFAULT_MODELS_DIR / (model if model.endswith(".onnx") else model + ".onnx")
+    return str(bundled) if bundled.is_file() else model
 
 
 def default_model_path(model_type: str) -> str:
