@@ -561,7 +561,7 @@ def compress_weights(
     float32. Activations and arithmetic stay float32 (no calibration, and any execution provider
     runs it); onnxruntime folds the casts at load time. Rounding the deep, low-resolution layers
     to int8 costs far less than rounding the first layers, whose errors every later layer
-    amplifies: measured on real windows in docs/models.md.
+    amplifies: measured on real windows in docs/export.md.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -682,7 +682,7 @@ def compare_with_fp32(
         )
     a, b = fp32(windows), small(windows)
     report["max_abs_diff"] = float(np.abs(a - b).max())
-    if not report.get("f1_fp32") and "accuracy_fp32" not in report:
+    if "f1_fp32" not in report and "accuracy_fp32" not in report:
         # embeddings: agreement of the pooled vectors
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
         report["embedding_cosine_min"] = float(cos.min())

@@ -370,7 +370,7 @@ def _load_encoder_into(
     }
 
 
-def warn_if_scaling_differs(
+def note_if_scaling_differs(
     encoder: str | Path | None, scaling: BandScaling, print_fn: Callable[[str], None] = print
 ) -> bool:
     """Say so when the encoder was pretrained with the other ``--normalize`` (its encoder.json).
@@ -589,7 +589,7 @@ def finetune_change(
         pos_weight=float(pos_weight),
     )
     encoder_info = _load_encoder_into(task, encoder, print_fn)
-    warn_if_scaling_differs(encoder, scaling, print_fn)
+    note_if_scaling_differs(encoder, scaling, print_fn)
     print_fn(
         f"change: {len(train_scenes)} train / {len(val_scenes)} val scenes, {len(band_names)} "
         f"bands, change fraction {frac:.3f}, pos_weight {float(pos_weight):.2f}, "
@@ -971,7 +971,7 @@ def finetune_landcover(
         class_weights=weights,
     )
     encoder_info = _load_encoder_into(task, encoder, print_fn)
-    warn_if_scaling_differs(encoder, scaling, print_fn)
+    note_if_scaling_differs(encoder, scaling, print_fn)
     print_fn(
         f"{task_name}: classes {class_values}, training counts {counts.tolist()}, "
         f"{len(train_ds)} training items/epoch, {len(val_ds)} validation items"

@@ -186,7 +186,7 @@ def test_notes_when_normalisation_differs_from_pretraining(tmp_path: Path) -> No
     import json
 
     from swimdiff_geo.data.change import BandScaling
-    from swimdiff_geo.train.finetune import warn_if_scaling_differs
+    from swimdiff_geo.train.finetune import note_if_scaling_differs
 
     encoder_path = tmp_path / "encoder.pt"
     encoder_path.write_bytes(b"")  # only its encoder.json is read
@@ -195,9 +195,9 @@ def test_notes_when_normalisation_differs_from_pretraining(tmp_path: Path) -> No
     )
     said: list[str] = []
     standardised = BandScaling(1e-4, [0.1] * 13, [0.05] * 13)
-    assert warn_if_scaling_differs(encoder_path, standardised, said.append)
+    assert note_if_scaling_differs(encoder_path, standardised, said.append)
     assert "--normalize scale" in said[0] and str(encoder_path) in said[0]
-    assert not warn_if_scaling_differs(encoder_path, BandScaling(1.0), said.append)
-    assert not warn_if_scaling_differs(None, standardised, said.append)
-    assert not warn_if_scaling_differs(tmp_path / "other" / "encoder.pt", standardised)
+    assert not note_if_scaling_differs(encoder_path, BandScaling(1.0), said.append)
+    assert not note_if_scaling_differs(None, standardised, said.append)
+    assert not note_if_scaling_differs(tmp_path / "other" / "encoder.pt", standardised)
     assert len(said) == 1
