@@ -22,6 +22,19 @@ S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09"
 CHANGE_GAIN, CHANGE_BIAS = 40.0, -3.0
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: the test machine has 2 cores shared with other jobs,
+    and more threads only oversubscribe them. (torch is imported here, not at module level: a
+    base install without the train extra still collects the engine tests.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def landsat_pair() -> tuple[Path, Path]:
     """Two real Landsat composites over Pucallpa (4 bands uint8, EPSG:4326, nodata 0)."""

@@ -15,13 +15,7 @@ from swimdiff_geo.models.swimdiff import SwiMDiff
 OSCD_MINI = Path(__file__).resolve().parents[1] / "data" / "oscd_mini"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine has 2 cores shared with other jobs: one thread avoids oversubscription.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def real_windows(n: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

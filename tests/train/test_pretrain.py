@@ -26,13 +26,7 @@ FAST = dict(data=str(OSCD_MINI), crop_size=32, batch_size=4, samples_per_epoch=1
             progress_bar=False, stats_samples=8, log_every=1)  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine has 2 cores shared with other jobs: one thread avoids oversubscription.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _metrics(out: Path) -> list[dict[str, str]]:
