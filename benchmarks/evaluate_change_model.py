@@ -20,17 +20,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cva_otsu_oscd import counts, scores, write_stack  # noqa: E402
+from cva_otsu_oscd import counts, engine_change_mask, scores  # noqa: E402
 
 from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root  # noqa: E402
-from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change  # noqa: E402
+from swimdiff_geo.inference.defaults import default_model_path  # noqa: E402
 
 
-def evaluate(oscd: Path, model: str | None, cities: list[str]) -> dict[str, dict[str, float]]:
-    """Per-city and pooled (``"all"``) precision/recall/F1 of ``model`` (None: the default)."""
+def evaluate(oscd: Path, model: str, cities: list[str]) -> dict[str, dict[str, float]]:
+    """Per-city and pooled (``"all"``) precision/recall/F1 of ``model``."""
     root = find_oscd_root(oscd)
     result: dict[str, dict[str, float]] = {}
     pooled = np.zeros(3, np.int64)
@@ -38,15 +37,7 @@ def evaluate(oscd: Path, model: str | None, cities: list[str]) -> dict[str, dict
         for name in cities:
             city = OSCDCity(root, name)
             truth = city.read_labels().astype(bool)
-            paths = [Path(tmp) / f"{name}_{d}.tif" for d in (1, 2)]
-            for d, path in zip((1, 2), paths, strict=True):
-                write_stack(city, d, path)
-            outputs = ChangeOutputs.in_dir(str(Path(tmp) / name), polygons=False)
-            detect_change(
-                str(paths[0]), str(paths[1]), outputs, ChangeOptions(model=model, device="cpu")
-            )
-            with rasterio.open(outputs.mask) as m:
-                c = counts(m.read(1) == 1, truth)
+            c = counts(engine_change_mask(city, model, Path(tmp)), truth)
             pooled += c
             result[name] = scores(c) | {"changed_px": int(truth.sum())}
     result["all"] = scores(pooled) | {
@@ -73,7 +64,8 @@ def main() -> None:
     parser.add_argument("--cities", default="bordeaux,mumbai,saclay_e")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    result = evaluate(args.oscd, args.model, args.cities.split(","))
+    model = args.model or default_model_path("change_detection")
+    result = evaluate(args.oscd, model, args.cities.split(","))
     print(table(result))
     print(f"\n{time.perf_counter() - t0:.0f} s")
 

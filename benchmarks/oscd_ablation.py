@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cva_otsu_oscd import counts, scores  # noqa: E402
+from cva_otsu_oscd import counts, cva_otsu_mask, scores  # noqa: E402
 
 TRAIN_CITIES = "beihai,beirut,bercy,cupertino,paris,pisa,rennes"
 VAL_CITIES = "bordeaux,mumbai,saclay_e"
@@ -117,19 +117,13 @@ def run_finetuning(args: argparse.Namespace) -> None:
 
 def cva_otsu_counts(oscd: Path) -> dict[str, np.ndarray]:
     """(tp, fp, fn) of CVA + per-city Otsu on each validation city."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    from build_baseline_models import otsu
-
     from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root
 
     root = find_oscd_root(oscd)
     out = {}
     for name in VAL_CITIES.split(","):
         city = OSCDCity(root, name)
-        truth = city.read_labels().astype(bool)
-        a, b = city.read(date=1) * 1e-4, city.read(date=2) * 1e-4
-        magnitude = np.sqrt(((b - a) ** 2).sum(axis=0))
-        out[name] = counts(magnitude > otsu(magnitude.ravel()), truth)
+        out[name] = counts(cva_otsu_mask(city), city.read_labels().astype(bool))
     return out
 
 
@@ -137,7 +131,8 @@ def _fmt(s: dict[str, float]) -> str:
     return f"{s['f1']:.3f} ({s['precision']:.3f} / {s['recall']:.3f})"
 
 
-def write_table(args: argparse.Namespace) -> None:
+def table_rows(args: argparse.Namespace) -> list[str]:
+    """The Markdown table of every row and seed (finished runs; "not run" for the others)."""
     cities = VAL_CITIES.split(",")
     header = "| row | seed | " + " | ".join(cities) + " | **all** | pretrain s | fine-tune s |"
     lines = [header, "|" + "---|" * (len(cities) + 5)]
@@ -166,7 +161,7 @@ def write_table(args: argparse.Namespace) -> None:
         + " | ".join(cells)
         + f" | **{_fmt(scores(total))}** | - | - |"
     )
-    args.table_rows = lines
+    return lines
 
 
 def write_doc(path: Path, name: str, rows: list[str]) -> None:
@@ -214,10 +209,10 @@ def main() -> None:
         run_pretraining(args)
     if args.phase in ("all", "finetune"):
         run_finetuning(args)
-    write_table(args)
-    print("\n".join(args.table_rows))
+    rows = table_rows(args)
+    print("\n".join(rows))
     if args.out:
-        write_doc(args.out, args.runs.name, args.table_rows)
+        write_doc(args.out, args.runs.name, rows)
 
 
 if __name__ == "__main__":
