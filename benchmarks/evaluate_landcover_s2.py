@@ -30,24 +30,20 @@ import numpy as np
 import rasterio
 from rasterio.features import rasterize
 
+from swimdiff_geo.bands import SENTINEL2_L1C
 from swimdiff_geo.data.landcover import read_training_labels, spatial_block_split
-from swimdiff_geo.inference.contract import load_model
+from swimdiff_geo.inference.contract import ModelContract, load_model
 from swimdiff_geo.inference.landcover import LandcoverOptions, LandcoverOutputs, map_landcover
 
-S2_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
-            "B12"]  # fmt: skip
+S2_ORDER = list(SENTINEL2_L1C.bands)  # the 13 L1C bands in the method page's order
 ABER_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 ABER_CLASSES = {"cls_forest_smpls": "forest", "cls_urban_smpls": "artificial surface",
                 "cls_water_smpls": None, "cls_grass_smpls": "grassland"}  # fmt: skip
 
 
-TILE_SIZE: int | None = None  # --tile-size (None: the model's)
-
-
-def class_map(model: str, image: Path, tmp: Path) -> np.ndarray:
+def class_map(options: LandcoverOptions, image: Path, tmp: Path) -> np.ndarray:
     """The engine's class map (class ids, 255 = nodata) of ``image``."""
     out = LandcoverOutputs.in_dir(str(tmp / image.stem))
-    options = LandcoverOptions(model=model, device="cpu", tile_size=TILE_SIZE, overwrite=True)
     map_landcover(str(image), out, options)
     with rasterio.open(out.landcover) as src:
         return src.read(1)
@@ -84,9 +80,11 @@ def model_input(reflectance: np.ndarray, profile: dict, input_scale: float, path
     return path
 
 
-def slovenia(model: str, root: Path, args: argparse.Namespace, tmp: Path) -> str:
-    contract = load_model(model).contract
-    names = [contract.class_names[str(i)] for i in range(args.num_classes)]
+def slovenia(
+    options: LandcoverOptions, contract: ModelContract, root: Path, args: argparse.Namespace,
+    tmp: Path,
+) -> str:  # fmt: skip
+    names = [contract.class_names[str(i)] for i in range(contract.num_classes)]
     scene = root / "derived_reference_scene_2_s2l1c_13band.tif"
     labelled = read_training_labels(root / "LULC_polygons.gpkg", scene, "LULC_NAME", None, names)
     _, val = spatial_block_split(
@@ -96,7 +94,7 @@ def slovenia(model: str, root: Path, args: argparse.Namespace, tmp: Path) -> str
     for i in (2, 3, 4):
         with rasterio.open(root / f"derived_reference_scene_{i}_s2l1c_13band.tif") as src:
             image = model_input(src.read(), src.profile, contract.input_scale, tmp / f"sl{i}.tif")
-        pred = class_map(model, image, tmp)
+        pred = class_map(options, image, tmp)
         rows = per_class(pred, val, names)
         accuracy = float((pred == val)[val < len(names)].mean())
         f1s = [r["f1"] for r in rows if r["px"]]
@@ -120,11 +118,10 @@ def aberystwyth_13band(root: Path, input_scale: float, path: Path) -> Path:
     return model_input(np.stack([bands[b] for b in S2_ORDER]), profile, input_scale, path)
 
 
-def aberystwyth(model: str, root: Path, tmp: Path) -> str:
-    contract = load_model(model).contract
+def aberystwyth(options: LandcoverOptions, contract: ModelContract, root: Path, tmp: Path) -> str:
     names = {int(k): v for k, v in contract.class_names.items()}
     image = aberystwyth_13band(root, contract.input_scale, tmp / "aber13.tif")
-    pred = class_map(model, image, tmp)
+    pred = class_map(options, image, tmp)
     with rasterio.open(image) as src:
         shape, transform = (src.height, src.width), src.transform
     lines = ["| polygons (hand-drawn) | px in the subset | model class | share predicted as it | "
@@ -158,15 +155,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tile-size", type=int, default=None, help="default: the model's")
     args = parser.parse_args()
-    global TILE_SIZE
-    TILE_SIZE = args.tile_size
-    args.num_classes = load_model(args.model).contract.num_classes
+    contract = load_model(args.model).contract
+    options = LandcoverOptions(
+        model=args.model, device="cpu", tile_size=args.tile_size, overwrite=True
+    )
     with tempfile.TemporaryDirectory() as tmp:
         print("## eo-learn Slovenia, held-out blocks")
-        print(slovenia(args.model, args.slovenia, args, Path(tmp)))
+        print(slovenia(options, contract, args.slovenia, args, Path(tmp)))
         if args.aberystwyth:
             print("\n## Aberystwyth (independent site, out-of-domain input)\n")
-            print(aberystwyth(args.model, args.aberystwyth, Path(tmp)))
+            print(aberystwyth(options, contract, args.aberystwyth, Path(tmp)))
 
 
 if __name__ == "__main__":
