@@ -213,6 +213,19 @@ def _embedding_source(
 # ONNX export
 
 
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """``model``'s ``metadata_props`` as a dict (values JSON-encoded, as the contract writes)."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def write_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    """Replace ``model``'s ``metadata_props`` with ``meta`` (values already JSON-encoded)."""
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def _dynamic_axes(output_names: list[str], rank2_outputs: set[str]) -> dict[str, dict[int, str]]:
     axes = {INPUT_NAME: {0: "N", 2: "H", 3: "W"}}
     for name in output_names:
@@ -282,12 +295,7 @@ def export_onnx(
         finally:
             registration_log.setLevel(previous_level)
         model = onnx.load(str(raw))
-    meta = contract.to_metadata()
-    meta["exporter"] = json.dumps(exporter)
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    write_metadata(model, contract.to_metadata() | {"exporter": json.dumps(exporter)})
     model.producer_name = "swimdiff-geo"
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(out))
@@ -534,12 +542,10 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
         )
     model = onnx.load(str(int8_path))
-    meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
-    meta["quantization"] = json.dumps("int8 static QDQ, per-channel weights")
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    meta = read_metadata(onnx.load(str(fp32_path)))
+    write_metadata(
+        model, meta | {"quantization": json.dumps("int8 static QDQ, per-channel weights")}
+    )
     onnx.save(model, str(int8_path))
     return int8_path
 
@@ -570,7 +576,8 @@ def compress_weights(
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset < 13:
         raise ExportError(f"{fp32_path}: weight compression needs opset >= 13, not {opset}")
-    if any(entry.key == "quantization" for entry in model.metadata_props):
+    meta = read_metadata(model)
+    if "quantization" in meta:
         raise ExportError(f"{fp32_path}: already quantised")
     conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv" and len(n.input) > 1}
     kept, restore = [], []
@@ -602,12 +609,11 @@ def compress_weights(
     nodes = restore + list(graph.node)  # the restoring nodes first: topological order holds
     del graph.node[:]
     graph.node.extend(nodes)
-    entry = model.metadata_props.add()
-    entry.key = "quantization"
-    entry.value = json.dumps(
+    quantization = (
         f"weights only: {n_int8} int8 (per-channel symmetric, Conv weights >= "
         f"{int8_min_elements} values), {n_fp16} float16; float32 activations"
     )
+    write_metadata(model, meta | {"quantization": json.dumps(quantization)})
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(out_path))
     return out_path
@@ -750,13 +756,14 @@ def export_model(
         "size_mb": out.stat().st_size / 1e6,
         "parity": parity,
     }
+    if int8 or compress:  # validation windows for both comparisons' speed and max difference
+        speed_windows = real_windows(source, "val", max(parity_windows, 8), data)
     if int8:
         int8_path = out.with_name(out.stem + ".int8.onnx")
         calibration = real_windows(source, "train", calibration_windows, data)
         quantize_int8(source, out, int8_path, calibration)
         load_model(int8_path)  # the quantised model must honour the contract too
         print_fn(f"int8 model: {int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB)")
-        speed_windows = real_windows(source, "val", max(parity_windows, 8), data)
         report["int8"] = {"onnx": str(int8_path)} | compare_with_fp32(
             source, out, int8_path, data, speed_windows, print_fn
         )
@@ -765,7 +772,6 @@ def export_model(
         compress_weights(out, small_path)
         load_model(small_path)
         print_fn(f"compressed model: {small_path} ({small_path.stat().st_size / 1e6:.1f} MB)")
-        speed_windows = real_windows(source, "val", max(parity_windows, 8), data)
         report["compressed"] = {"onnx": str(small_path)} | compare_with_fp32(
             source, out, small_path, data, speed_windows, print_fn, name="compressed"
         )

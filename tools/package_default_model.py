@@ -24,7 +24,7 @@ from pathlib import Path
 
 import onnx
 
-from swimdiff_geo.export import export_model
+from swimdiff_geo.export import export_model, read_metadata, write_metadata
 from swimdiff_geo.inference.contract import load_model
 from swimdiff_geo.inference.defaults import DEFAULT_MODELS_DIR
 
@@ -34,12 +34,8 @@ MAX_BYTES = 25_000_000
 def set_metadata(path: Path, entries: dict[str, object]) -> None:
     """Set metadata keys (values JSON-encoded, like every key the exporter writes)."""
     model = onnx.load(str(path))
-    for entry in list(model.metadata_props):
-        if entry.key in entries:
-            model.metadata_props.remove(entry)
-    for key, value in entries.items():
-        prop = model.metadata_props.add()
-        prop.key, prop.value = key, json.dumps(value)
+    encoded = {key: json.dumps(value) for key, value in entries.items()}
+    write_metadata(model, read_metadata(model) | encoded)
     onnx.save(model, str(path))
 
 
