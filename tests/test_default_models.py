@@ -18,9 +18,7 @@ from swimdiff_geo.inference.defaults import (
     default_model_path,
     resolve_model_path,
 )
-
-S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
-            "B12"]  # fmt: skip
+from tests.conftest import S2_BANDS
 
 
 def test_every_bundled_model_is_at_most_25_mb_and_self_describing():
