@@ -107,6 +107,14 @@ def common_training_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="AdamW learning rate (cosine schedule).",
         ),
         click.option(
+            "--encoder-lr-mult",
+            type=click.FloatRange(min=0),
+            default=1.0,
+            show_default=True,
+            help="The encoder learns at --lr times this (e.g. 0.1 keeps a pretrained encoder "
+            "close to its pretraining when labels are few).",
+        ),
+        click.option(
             "--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True
         ),
         click.option(
@@ -230,6 +238,14 @@ def finetune() -> None:
     default=0.5,
     show_default=True,
     help="Decision threshold for the metrics and the exported model.",
+)
+@click.option(
+    "--radiometric-jitter",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Per-date, per-band random gain 1±J and offset ±J band std on training windows, "
+    "so that illumination, haze and water colour differences are not learned as change.",
 )
 @common_training_options
 @train_errors

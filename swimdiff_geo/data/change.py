@@ -407,6 +407,11 @@ class RandomChangeWindows(Dataset):
     epoch. Items: ``x`` float32 ``(2C, S, S)`` scaled (date A then date B), ``y`` int64
     ``(S, S)`` with 0/1/:data:`IGNORE_INDEX`. Scenes smaller than ``S`` are mirror-padded and
     their padding ignored.
+
+    ``radiometric_jitter`` j > 0: each date of a window gets its own per-band gain
+    ``U(1 - j, 1 + j)`` and offset ``U(-j, j)`` times the band's standard deviation (in model
+    input units), so that illumination, haze and water-colour differences between the dates
+    look like what they are, not like change.
     """
 
     def __init__(
@@ -416,6 +421,7 @@ class RandomChangeWindows(Dataset):
         crop_size: int,
         length: int,
         augment: bool = True,
+        radiometric_jitter: float = 0.0,
     ) -> None:
         if not scenes:
             raise ChangeDataError("no training scenes")
@@ -427,6 +433,9 @@ class RandomChangeWindows(Dataset):
         areas = np.array([s.shape[0] * s.shape[1] for s in self.scenes], np.float64)
         self.probabilities = areas / areas.sum()
         self._scaled = [(scaling.apply(s.image_a), scaling.apply(s.image_b)) for s in self.scenes]
+        self.radiometric_jitter = radiometric_jitter
+        _, band_std = band_statistics([im for pair in self._scaled for im in pair], 1.0)
+        self._band_std = np.asarray(band_std, np.float32)[:, None, None]
 
     def __len__(self) -> int:
         return self.length
@@ -443,12 +452,22 @@ class RandomChangeWindows(Dataset):
         r0 = int(rng.integers(0, max(h - s, 0) + 1))
         c0 = int(rng.integers(0, max(w - s, 0) + 1))
         window = (slice(r0, r0 + s), slice(c0, c0 + s))
-        x = np.concatenate([a[:, window[0], window[1]], b[:, window[0], window[1]]])
+        dates = [a[:, window[0], window[1]], b[:, window[0], window[1]]]
+        if self.radiometric_jitter:
+            dates = [self._jitter(d, rng) for d in dates]
+        x = np.concatenate(dates)
         y = labels[window]
         x, y = _pad_to(x, s, s, None), _pad_to(y, s, s, IGNORE_INDEX)
         if self.augment:
             x, y = augment_d4([x, y], rng)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+    def _jitter(self, date: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        j = self.radiometric_jitter
+        bands = date.shape[0]
+        gain = rng.uniform(1 - j, 1 + j, (bands, 1, 1)).astype(np.float32)
+        offset = rng.uniform(-j, j, (bands, 1, 1)).astype(np.float32) * self._band_std
+        return date * gain + offset
 
 
 def tile_origins(length: int, tile: int) -> list[int]:

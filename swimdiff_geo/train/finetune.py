@@ -144,6 +144,8 @@ class HeadTask(L.LightningModule):
         data_cfg: how the data was read (used by export for parity and int8 calibration).
         lr, weight_decay: AdamW settings; the learning rate follows a cosine schedule over
             ``epochs``.
+        encoder_lr_mult: the encoder learns at ``lr * encoder_lr_mult`` (the decoder at ``lr``);
+            below 1 keeps a pretrained encoder closer to its pretraining on few labels.
         freeze_encoder: keep the encoder's weights and batch-norm statistics fixed.
         loss: change: bce | dice | bce+dice; land cover: ce.
         pos_weight: change-class weight of the BCE.
@@ -162,6 +164,7 @@ class HeadTask(L.LightningModule):
         loss: str = "bce+dice",
         pos_weight: float = 1.0,
         class_weights: list[float] | None = None,
+        encoder_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -254,8 +257,18 @@ class HeadTask(L.LightningModule):
             self.val_f1_per_class.reset()
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        encoder_ids = {id(p) for p in self.model.encoder.parameters()}
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in trainable if id(p) not in encoder_ids], "lr": hp.lr},
+            {
+                "params": [p for p in trainable if id(p) in encoder_ids],
+                "lr": hp.lr * hp.get("encoder_lr_mult", 1.0),
+            },
+        ]
+        groups = [g for g in groups if g["params"]]
+        opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.hparams.epochs))
         return {"optimizer": opt, "lr_scheduler": sched}
 
@@ -517,6 +530,8 @@ def finetune_change(
     normalize: str = "scale",
     input_scale: float | None = None,
     threshold: float = 0.5,
+    radiometric_jitter: float = 0.0,
+    encoder_lr_mult: float = 1.0,
     seed: int = 0,
     num_workers: int = 0,
     resume: bool = False,
@@ -587,6 +602,7 @@ def finetune_change(
         freeze_encoder=freeze_encoder,
         loss=loss,
         pos_weight=float(pos_weight),
+        encoder_lr_mult=encoder_lr_mult,
     )
     encoder_info = _load_encoder_into(task, encoder, print_fn)
     note_if_scaling_differs(encoder, scaling, print_fn)
@@ -595,7 +611,9 @@ def finetune_change(
         f"bands, change fraction {frac:.3f}, pos_weight {float(pos_weight):.2f}, "
         f"{length} windows of {crop_size} px per epoch"
     )
-    train_ds = RandomChangeWindows(train_scenes, scaling, crop_size, length)
+    train_ds = RandomChangeWindows(
+        train_scenes, scaling, crop_size, length, radiometric_jitter=radiometric_jitter
+    )
     val_ds = TiledChangeWindows(val_scenes, scaling, val_tile)
     _fit(
         task,
@@ -615,6 +633,8 @@ def finetune_change(
         "data": data_cfg,
         "encoder": encoder_info,
         "freeze_encoder": freeze_encoder,
+        "encoder_lr_mult": encoder_lr_mult,
+        "radiometric_jitter": radiometric_jitter,
         "epochs": epochs,
         "best_checkpoint": str(out_dir / "best.ckpt"),
         "best": _best_metrics(out_dir),
@@ -841,6 +861,7 @@ def finetune_landcover(
     head: str | None = None,
     epochs: int = 20,
     lr: float = 1e-3,
+    encoder_lr_mult: float = 1.0,
     weight_decay: float = 1e-4,
     batch_size: int = 8,
     crop_size: int | None = None,
@@ -969,6 +990,7 @@ def finetune_landcover(
         freeze_encoder=freeze_encoder,
         loss="ce",
         class_weights=weights,
+        encoder_lr_mult=encoder_lr_mult,
     )
     encoder_info = _load_encoder_into(task, encoder, print_fn)
     note_if_scaling_differs(encoder, scaling, print_fn)

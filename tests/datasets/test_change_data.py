@@ -8,6 +8,7 @@ import fiona
 import numpy as np
 import pytest
 import rasterio
+import torch
 import yaml
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
@@ -203,3 +204,29 @@ def test_random_windows_shapes_padding_and_labels() -> None:
     # 20 x 24 real pixels in a 32 x 32 window: the rest is padding and ignored.
     assert int((y != IGNORE_INDEX).sum()) == 20 * 24
     assert set(np.unique(y.numpy())) <= {0, 1, IGNORE_INDEX}
+
+
+def test_radiometric_jitter_is_a_per_date_per_band_affine_change() -> None:
+    scene = _scene(32, 32)
+    scene.image_b = scene.image_a.copy()  # identical dates: any difference is the jitter
+    scaling = BandScaling(1e-4)
+    plain = RandomChangeWindows([scene], scaling, crop_size=32, length=1, augment=False)
+    x0, y0 = plain[0]
+    assert torch.equal(x0[:13], x0[13:])
+    jitter = 0.2
+    jittered = RandomChangeWindows(
+        [scene], scaling, 32, length=1, augment=False, radiometric_jitter=jitter
+    )
+    torch.manual_seed(0)
+    x, y = jittered[0]
+    assert torch.equal(y, y0)  # labels untouched
+    assert not torch.equal(x[:13], x[13:])  # the two dates got different draws
+    band_std = scaling.apply(scene.image_a).reshape(13, -1).std(1)
+    for date in (x[:13], x[13:]):
+        for band in range(13):
+            original = x0[band].numpy().ravel().astype(np.float64)
+            if original.std() < 1e-6:
+                continue
+            gain, offset = np.polyfit(original, date[band].numpy().ravel(), 1)
+            assert 1 - jitter - 1e-4 <= gain <= 1 + jitter + 1e-4
+            assert abs(offset) <= jitter * band_std[band] + 1e-4

@@ -36,7 +36,8 @@ def trained(oscd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = CliRunner().invoke(
         cli,
         ["finetune", "change", "--data", str(oscd_root), "--train-cities", "beihai",
-         "--val-cities", "saclay_e", "--normalize", "standardize", "--out", str(out), *TINY],
+         "--val-cities", "saclay_e", "--normalize", "standardize", "--radiometric-jitter", "0.1",
+         "--encoder-lr-mult", "0.5", "--out", str(out), *TINY],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "best epoch 0" in result.output
@@ -50,6 +51,7 @@ def test_run_writes_checkpoints_logs_and_metrics(trained: Path) -> None:
     assert {"val_f1", "val_precision", "val_recall", "val_iou", "train_loss"} <= logged
     summary = json.loads((trained / "metrics.json").read_text())
     assert summary["data"]["train"] == ["beihai"] and summary["data"]["val"] == ["saclay_e"]
+    assert summary["radiometric_jitter"] == 0.1 and summary["encoder_lr_mult"] == 0.5
     scores = summary["per_scene"]["saclay_e"]
     # Every pixel of the 45 x 46 validation city counted exactly once.
     assert scores["tp"] + scores["fp"] + scores["tn"] + scores["fn"] == 45 * 46
@@ -137,6 +139,16 @@ def test_frozen_encoder_weights_and_statistics_do_not_move(oscd_root: Path, tmp_
         )
     )
     assert changed
+
+
+def test_encoder_learns_at_its_own_rate(trained: Path) -> None:
+    task = load_head_checkpoint(trained / "last.ckpt")
+    optimizer = task.configure_optimizers()["optimizer"]
+    encoder_ids = {id(p) for p in task.model.encoder.parameters()}
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(rates) == len(list(task.model.parameters()))  # every parameter in one group
+    for p in task.model.parameters():
+        assert rates[id(p)] == pytest.approx(1e-3 * (0.5 if id(p) in encoder_ids else 1.0))
 
 
 def test_bad_inputs_give_clear_errors(oscd_root: Path, tmp_path: Path) -> None:
