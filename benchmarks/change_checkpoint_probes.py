@@ -1,0 +1,97 @@
+"""Probe a fine-tuned change checkpoint on its validation cities: thresholds, flip TTA, soups.
+
+    # F1 per validation city and pooled, at several thresholds
+    python benchmarks/change_checkpoint_probes.py runs/default/s2_change_swimdiff/best.ckpt \\
+        --thresholds 0.3,0.4,0.5,0.6,0.7
+    # the same with flip test-time augmentation (mean of the 4 flips of every tile)
+    python benchmarks/change_checkpoint_probes.py runs/default/s2_change_swimdiff/best.ckpt --tta
+    # a uniform weight average ("model soup") of several checkpoints of one architecture
+    python benchmarks/change_checkpoint_probes.py A/best.ckpt B/best.ckpt --soup
+
+The validation cities, bands and scaling are the first checkpoint's (its data description and
+model contract), read from the data folder it was trained on. PyTorch, not the engine: these are
+questions about the network (docs/results.md), scored with the same tiling as training.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from swimdiff_geo.data.change import IGNORE_INDEX, BandScaling, TiledChangeWindows
+from swimdiff_geo.train.finetune import load_change_split, load_head_checkpoint
+
+FLIPS = [(), (-1,), (-2,), (-2, -1)]
+
+
+def probabilities(model: torch.nn.Module, scene, scaling: BandScaling, tta: bool) -> np.ndarray:
+    """Change probability ``(H, W)`` of one scene, tile by tile (tiles of 256 px)."""
+    tiles = TiledChangeWindows([scene], scaling, 256)
+    h, w = scene.shape
+    prob = np.zeros((h, w), np.float32)
+    model.eval()
+    for k, (_, r0, c0) in enumerate(tiles.items):
+        x = tiles[k][0][None]
+        with torch.no_grad():
+            flips = FLIPS if tta else [()]
+            p = sum(torch.sigmoid(model(x.flip(d))).flip(d) for d in flips) / len(flips)
+        hh, ww = min(256, h - r0), min(256, w - c0)
+        prob[r0 : r0 + hh, c0 : c0 + ww] = p[0, 0, :hh, :ww].numpy()
+    return prob
+
+
+def f1_table(maps: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: list[float]) -> str:
+    names = list(maps)
+    lines = ["| threshold | " + " | ".join(names) + " | pooled |", "|---" * (len(names) + 2) + "|"]
+    for t in thresholds:
+        cells, total = [], np.zeros(3)
+        for prob, labels in maps.values():
+            valid = labels != IGNORE_INDEX
+            pred, truth = (prob >= t) & valid, (labels == 1) & valid
+            counts = np.array([(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()])
+            total += counts
+            cells.append(f"{2 * counts[0] / max(2 * counts[0] + counts[1] + counts[2], 1):.3f}")
+        pooled = 2 * total[0] / max(2 * total[0] + total[1] + total[2], 1)
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {pooled:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--thresholds", default="0.5")
+    parser.add_argument("--tta", action="store_true", help="mean over the 4 flips of each tile")
+    parser.add_argument("--soup", action="store_true", help="average the checkpoints' weights")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tasks = [load_head_checkpoint(c) for c in args.checkpoints]
+    contract = tasks[0].hparams.contract
+    scaling = BandScaling(
+        contract["input_scale"], contract["standardization_mean"], contract["standardization_std"]
+    )
+    scenes = load_change_split(tasks[0].hparams.data_cfg, "val")
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    if args.soup:
+        states = [t.model.state_dict() for t in tasks]
+        soup = {
+            key: torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
+            if value.is_floating_point()
+            else value
+            for key, value in states[0].items()
+        }
+        tasks[0].model.load_state_dict(soup)
+        runs = {"soup of " + ", ".join(args.checkpoints): tasks[0].model}
+    else:
+        runs = {c: t.model for c, t in zip(args.checkpoints, tasks, strict=True)}
+    for name, model in runs.items():
+        maps = {s.name: (probabilities(model, s, scaling, args.tta), s.labels) for s in scenes}
+        print(f"### {name}{' (flip TTA)' if args.tta else ''}\n")
+        print(f1_table(maps, thresholds) + "\n")
+
+
+if __name__ == "__main__":
+    main()
