@@ -1021,6 +1021,7 @@ def finetune_landcover(
         "classes": class_values,
         "encoder": encoder_info,
         "freeze_encoder": freeze_encoder,
+        "encoder_lr_mult": encoder_lr_mult,
         "epochs": epochs,
         "best_checkpoint": str(out_dir / "best.ckpt"),
         "best": _best_metrics(out_dir),
