@@ -434,8 +434,9 @@ class RandomChangeWindows(Dataset):
         self.probabilities = areas / areas.sum()
         self._scaled = [(scaling.apply(s.image_a), scaling.apply(s.image_b)) for s in self.scenes]
         self.radiometric_jitter = radiometric_jitter
-        _, band_std = band_statistics([im for pair in self._scaled for im in pair], 1.0)
-        self._band_std = np.asarray(band_std, np.float32)[:, None, None]
+        if radiometric_jitter:  # a pass over every training pixel: only when it is used
+            _, band_std = band_statistics([im for pair in self._scaled for im in pair], 1.0)
+            self._band_std = np.asarray(band_std, np.float32)[:, None, None]
 
     def __len__(self) -> int:
         return self.length
