@@ -16,12 +16,17 @@ questions about the network (docs/results.md), scored with the same tiling as tr
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from swimdiff_geo.data.change import IGNORE_INDEX, BandScaling, TiledChangeWindows
-from swimdiff_geo.train.finetune import load_change_split, load_head_checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cva_otsu_oscd import counts, scores  # noqa: E402
+
+from swimdiff_geo.data.change import IGNORE_INDEX, BandScaling, TiledChangeWindows  # noqa: E402
+from swimdiff_geo.train.finetune import load_change_split, load_head_checkpoint  # noqa: E402
 
 FLIPS = [(), (-1,), (-2,), (-2, -1)]
 
@@ -46,15 +51,13 @@ def f1_table(maps: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: list[fl
     names = list(maps)
     lines = ["| threshold | " + " | ".join(names) + " | pooled |", "|---" * (len(names) + 2) + "|"]
     for t in thresholds:
-        cells, total = [], np.zeros(3)
+        cells, total = [], np.zeros(3, np.int64)
         for prob, labels in maps.values():
             valid = labels != IGNORE_INDEX
-            pred, truth = (prob >= t) & valid, (labels == 1) & valid
-            counts = np.array([(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()])
-            total += counts
-            cells.append(f"{2 * counts[0] / max(2 * counts[0] + counts[1] + counts[2], 1):.3f}")
-        pooled = 2 * total[0] / max(2 * total[0] + total[1] + total[2], 1)
-        lines.append(f"| {t} | " + " | ".join(cells) + f" | {pooled:.3f} |")
+            city = counts((prob >= t) & valid, (labels == 1) & valid)
+            total += city
+            cells.append(f"{scores(city)['f1']:.3f}")
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {scores(total)['f1']:.3f} |")
     return "\n".join(lines)
 
 
