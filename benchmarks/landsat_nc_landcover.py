@@ -27,6 +27,7 @@ and a model that predicts the 7 classes also per class. Data are read, never cop
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,9 +36,16 @@ import numpy as np
 import rasterio
 from rasterio.warp import transform as transform_coords
 
-from swimdiff_geo.inference.contract import load_model
-from swimdiff_geo.inference.defaults import resolve_model_path
-from swimdiff_geo.inference.landcover import LandcoverOptions, LandcoverOutputs, map_landcover
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evaluate_landcover_s2 import per_class  # noqa: E402
+
+from swimdiff_geo.inference.contract import load_model  # noqa: E402
+from swimdiff_geo.inference.defaults import resolve_model_path  # noqa: E402
+from swimdiff_geo.inference.landcover import (  # noqa: E402
+    LandcoverOptions,
+    LandcoverOutputs,
+    map_landcover,
+)
 
 #: stack band -> ETM+ file suffix; the order and 8-bit scaling of the Landsat rules model
 STACK_BANDS = {"SWIR1": "50", "NIR": "40", "RED": "30", "GREEN": "20"}
@@ -78,16 +86,12 @@ def reference_points(root: Path, stack: Path) -> tuple[np.ndarray, np.ndarray, l
 
 def scores(truth: list[str], pred: list[str], classes: list[str]) -> tuple[float, list[str]]:
     """Overall accuracy and Markdown rows ``| class | points | precision | recall | F1 |``."""
-    t, p = np.asarray(truth), np.asarray(pred)
-    rows = []
-    for name in classes:
-        tp = int(((t == name) & (p == name)).sum())
-        n_true, n_pred = int((t == name).sum()), int((p == name).sum())
-        prec = tp / n_pred if n_pred else float("nan")
-        rec = tp / n_true if n_true else float("nan")
-        f1 = 2 * tp / (n_true + n_pred) if n_true + n_pred else float("nan")
-        rows.append(f"| {name} | {n_true} | {prec:.3f} | {rec:.3f} | {f1:.3f} |")
-    return float((t == p).mean()), rows
+    ids = {name: k for k, name in enumerate(classes)}
+    t = np.array([ids.get(name, len(classes)) for name in truth])
+    p = np.array([ids.get(name, len(classes)) for name in pred])  # other answers: no class
+    rows = [f"| {r['class']} | {r['px']} | {r['precision']:.3f} | {r['recall']:.3f} | "
+            f"{r['f1']:.3f} |" for r in per_class(p, t, classes)]  # fmt: skip
+    return float((np.asarray(truth) == np.asarray(pred)).mean()), rows
 
 
 def score(model: str, stack: Path, root: Path, tmp: Path) -> str:
