@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MetricCollection
@@ -307,6 +309,41 @@ class EpochPrinter(L.Callback):
         self.print_fn(f"epoch {trainer.current_epoch} ({elapsed:.0f} s): {shown}")
 
 
+class RelocatableCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` that keeps its state when the run folder is moved.
+
+    Lightning restores a checkpoint callback's best score only when the folder recorded in the
+    checkpoint is the one it now writes to: after ``mv run/ elsewhere/`` and ``--resume`` it
+    forgets the best score, and the first epoch after the move overwrites ``best.ckpt`` however
+    poor it is. This one maps the recorded paths into the new folder (the files kept their
+    names) and restores everything.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's key: checkpoints written before this class existed resume with it.
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        recorded = state_dict.get("dirpath")
+        if recorded is not None and self.dirpath is not None and recorded != self.dirpath:
+            dirpath = self.dirpath
+
+            def moved(path: str | None) -> str | None:
+                return os.path.join(dirpath, os.path.basename(path)) if path else path
+
+            paths = ("best_model_path", "kth_best_model_path", "last_model_path")
+            state_dict = {
+                **state_dict,
+                **{key: moved(state_dict[key]) for key in paths if key in state_dict},
+                "best_k_models": {
+                    moved(k): v for k, v in state_dict.get("best_k_models", {}).items()
+                },
+                "dirpath": dirpath,
+            }
+        super().load_state_dict(state_dict)
+
+
 def _fit(
     task: HeadTask,
     train_ds: Dataset,
@@ -320,7 +357,6 @@ def _fit(
     progress_bar: bool,
     print_fn: Callable[[str], None],
 ) -> L.Trainer:
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -333,12 +369,12 @@ def _fit(
         persistent_workers=num_workers > 0,
     )
     val_dl = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    best = ModelCheckpoint(
+    best = RelocatableCheckpoint(
         dirpath=out_dir, filename="best", monitor="val_f1", mode="max", enable_version_counter=False
     )
     # A separate callback for last.ckpt: Lightning's save_last only writes when the best changed,
     # which would leave --resume an old epoch.
-    last = ModelCheckpoint(
+    last = RelocatableCheckpoint(
         dirpath=out_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     trainer = L.Trainer(

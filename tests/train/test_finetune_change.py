@@ -4,6 +4,7 @@ OSCD, labels of our own), export it to ONNX and run it through the engine."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +168,8 @@ def test_bad_inputs_give_clear_errors(oscd_root: Path, tmp_path: Path) -> None:
 
 def test_manifest_pairs_train_and_resume(tmp_path: Path) -> None:
     """The user's own GeoTIFF pairs: band names from the descriptions, 16-bit -> DN / 10000;
-    a second call with more epochs and --resume continues from last.ckpt."""
+    after the run folder is moved, a second call with more epochs and --resume continues from
+    last.ckpt and still knows the best score (best.ckpt is not overwritten by a worse epoch)."""
     a1, b1, m1 = write_city_pair("beihai", tmp_path / "beihai")
     a2, b2, m2 = write_city_pair("saclay_e", tmp_path / "saclay")
     manifest = tmp_path / "pairs.csv"
@@ -183,14 +185,25 @@ def test_manifest_pairs_train_and_resume(tmp_path: Path) -> None:
     contract = load_head_checkpoint(tmp_path / "run" / "best.ckpt").hparams.contract
     assert contract["bands"] == list(OSCDCity.bands) and contract["input_scale"] == 1e-4
     assert contract["resolution"] is None  # EPSG:4326 pixels have no size in metres
-    finetune_change(manifest, tmp_path / "run", epochs=2, resume=True, **common)
-    history = epoch_history(tmp_path / "run")
+    run = (tmp_path / "run").rename(tmp_path / "moved")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune_change(manifest, run, epochs=2, resume=True, **common)
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    history = epoch_history(run)
     assert [r["epoch"] for r in history] == [0, 1]
     assert all("val_f1" in r for r in history)
-    assert len(list((tmp_path / "run" / "logs").glob("version_*"))) == 2
-    last = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert len(list((run / "logs").glob("version_*"))) == 2
+    last = torch.load(run / "last.ckpt", weights_only=False)
     # last.ckpt is written after every epoch: epoch index 1, one optimiser step per epoch.
     assert last["epoch"] == 1 and last["global_step"] == 2
+    # The best-checkpoint callback kept its state across the move: best of both epochs, in the
+    # new folder, under the key a plain ModelCheckpoint uses (old runs resume with it).
+    (key,) = [k for k in last["callbacks"] if "'monitor': 'val_f1'" in k]
+    best = last["callbacks"][key]
+    assert key.startswith("ModelCheckpoint{")
+    assert float(best["best_model_score"]) == pytest.approx(max(r["val_f1"] for r in history))
+    assert best["best_model_path"] == str(run / "best.ckpt")
 
 
 def test_notes_when_normalisation_differs_from_pretraining(tmp_path: Path) -> None:
