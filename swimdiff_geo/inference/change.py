@@ -11,7 +11,7 @@ import numpy as np
 
 from .engine import DateInput, StackedReader, run_sliding_window
 from .errors import InputError
-from .inputs import align_pair, select_bands
+from .inputs import align_pair, select_bands, value_scale_warning
 from .io import RasterSpec, Window
 from .jobs import (
     AreaCounter,
@@ -106,6 +106,9 @@ def detect_change(
         sources.append(b)
         bands_a = select_bands(a, contract, options.bands)
         bands_b = select_bands(b, contract, options.bands)
+        for source, bands in ((a, bands_a), (b, bands_b)):
+            if warning := value_scale_warning(source, bands, contract):
+                ctx.log(warning)
         grid, a, a_offset, b_on_grid = align_pair(ctx.backend, a, b, ctx.log)
         if b_on_grid is not b:
             sources.append(b_on_grid)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from .contract import ModelContract
 from .errors import InputError
 from .io import Grid, RasterBackend, RasterSource, Window
@@ -47,6 +49,63 @@ def select_bands(
         source.path,
         f"has {source.count} bands{hint} but the model takes {len(want)}: {', '.join(want)}; "
         "name the bands in the raster or map them with --bands",
+    )
+
+
+# How far the typical band may sit from the training mean before the input's units are suspect:
+# the 48 OSCD images sit at 0.62-2.1x the bundled change model's means (benchmarks/
+# value_scale_oscd.py); reflectance (0-1) given to a digital-number model is 10,000x off, an
+# 8-bit rendering of Sentinel-2 about 10x (34 of those 48 images warn).
+SCALE_RATIO_LIMIT = 10.0
+
+
+def value_scale_warning(
+    source: RasterSource, bands: Sequence[int], contract: ModelContract, samples: int = 3
+) -> str | None:
+    """A warning when ``source``'s pixel values are on another scale than the model's training
+    data, e.g. reflectance 0-1 or 8-bit display values given to a model of digital numbers.
+
+    Reads ``samples`` x ``samples`` windows of up to 64 px spread over the raster (cheap on any
+    size) and compares each band's median, times ``input_scale``, with the model's
+    ``standardization_mean`` (the training data's band means); the typical band's ratio (median
+    over bands) outside ``[1/SCALE_RATIO_LIMIT, SCALE_RATIO_LIMIT]`` warns. Models without
+    standardisation statistics are not checked (nothing says what their inputs looked like).
+    """
+    means = np.asarray(contract.standardization_mean, np.float64)
+    if means.size != len(bands):
+        return None
+    grid = source.grid
+    size = min(64, grid.width, grid.height)
+    values = []
+    for i in range(samples):
+        for j in range(samples):
+            row = (grid.height - size) * (2 * i + 1) // (2 * samples)
+            col = (grid.width - size) * (2 * j + 1) // (2 * samples)
+            data, valid = source.read(Window(col, row, size, size), bands)
+            valid &= np.any(data != 0, axis=0)  # all-zero fill is not a value
+            values.append(data[:, valid])
+    pixels = np.concatenate(values, axis=1)
+    if pixels.shape[1] < 100:
+        return None
+    medians = np.median(pixels, axis=1) * contract.input_scale
+    # Bands whose training mean is near zero (Sentinel-2 B10, cirrus) say nothing about scale.
+    informative = means > 0.05 * np.max(means) if np.max(means) > 0 else np.zeros_like(means, bool)
+    if not informative.any():
+        return None
+    ratio = float(np.median(medians[informative] / means[informative]))
+    if 1 / SCALE_RATIO_LIMIT <= ratio <= SCALE_RATIO_LIMIT:
+        return None
+    how = (
+        f"{1 / ratio:,.0f}x smaller" if 0 < ratio < 1 else
+        f"{ratio:,.0f}x larger" if ratio > 1 else "zero or negative where the model's are not"
+    )  # fmt: skip
+    return (
+        f"warning: {source.path}: pixel values look {how} than the model's training data "
+        f"(typical band median x input_scale {contract.input_scale:g} = "
+        f"{float(np.median(medians[informative])):.4g}, training mean "
+        f"{float(np.median(means[informative])):.4g}); check the input's units (reflectance "
+        "0-1 or an 8-bit rendering instead of the digital numbers the model was trained on?) "
+        "and band order; the results are unlikely to mean anything"
     )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from .areas import label_regions
 from .engine import DateInput, StackedReader, _read_ahead, run_sliding_window
 from .errors import CancelledError, InputError
-from .inputs import select_bands
+from .inputs import select_bands, value_scale_warning
 from .io import Grid, RasterSpec, Window
 from .jobs import (
     AreaCounter,
@@ -112,9 +112,10 @@ def map_landcover(
         raise InputError(ctx.model.path, "class ids must lie in 0..254 for a uint8 class map")
     source = ctx.backend.open(image)
     try:
-        reader = StackedReader(
-            [DateInput(source, select_bands(source, contract, options.bands))], contract
-        )
+        bands = select_bands(source, contract, options.bands)
+        if warning := value_scale_warning(source, bands, contract):
+            ctx.log(warning)
+        reader = StackedReader([DateInput(source, bands)], contract)
         if contract.model_type == "classification":
             stride = options.stride or max(1, ctx.tile_size // 2)
             grid = _strided_grid(source.grid, stride)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 
 import fiona
 import numpy as np
@@ -189,3 +191,36 @@ def test_equal_size_rasters_without_georeferencing_run_in_pixel_space(
     assert summary["changed_area_m2"] is None
     with rasterio.open(outputs.mask) as m:
         assert m.crs is None
+
+
+def _as_reflectance(path, dst_path):
+    """The same pixels as float32 reflectance (DN / 10000): a common mix-up with L1C numbers."""
+    with rasterio.open(path) as src:
+        profile = src.profile | {"dtype": "float32", "nodata": None}
+        data = src.read().astype(np.float32) / 10000.0
+        names = src.descriptions
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = names
+    return dst_path
+
+
+def test_inputs_on_another_scale_than_the_training_data_warn(s2_pair, tmp_path):
+    """The bundled change model (standardised on OSCD digital numbers) runs without a word on
+    the real sample pair, and warns, naming each file, when the same pixels come as
+    reflectance 0-1; the run still completes (a warning, not an error)."""
+
+    def scale_warnings(a, b, out):
+        outputs = ChangeOutputs.in_dir(str(out), polygons=False)
+        summary = detect_change(str(a), str(b), outputs, ChangeOptions())
+        assert os.path.exists(outputs.mask)
+        return [w for w in summary["warnings"] if "pixel values look" in w]
+
+    assert scale_warnings(*s2_pair, tmp_path / "dn") == []
+    reflectance = [_as_reflectance(p, tmp_path / f"refl_{i}.tif") for i, p in enumerate(s2_pair)]
+    found = scale_warnings(*reflectance, tmp_path / "refl")
+    assert len(found) == 2
+    for path, warning in zip(reflectance, found, strict=True):
+        assert warning.startswith(f"warning: {path}: pixel values look ")
+        factor = float(re.search(r"look ([\d,]+)x smaller", warning)[1].replace(",", ""))
+        assert 3_000 < factor < 30_000  # DN / 10000 against a model of DN x 1e-4

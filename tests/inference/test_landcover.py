@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from xml.etree import ElementTree
 
 import fiona
@@ -18,7 +19,9 @@ from tests.conftest import LANDCOVER_CLASSES, LANDCOVER_WEIGHTS, LANDSAT_BANDS
 from tests.model_builders import (
     classification_contract,
     mean_pool_classifier_model,
+    pointwise_segmentation_model,
     pointwise_segmentation_numpy,
+    segmentation_contract,
 )
 
 
@@ -115,3 +118,37 @@ def test_map_landcover_bad_inputs(landsat_pair, s2_pair, landsat_change_model,
         assert result.exit_code == 1, result.output
         assert str(named) in result.output and all(w in result.output for w in words)
         assert not out.exists()
+
+
+def test_inputs_on_another_scale_than_the_training_data_warn(landsat_pair, tmp_path):
+    """A model standardised on the 1990 composite (8-bit) maps 2020 without a word, and warns,
+    naming the file, when 2020 comes as 16-bit values 100x larger."""
+    old, new = landsat_pair
+    with rasterio.open(old) as src:
+        pixels = src.read().reshape(src.count, -1).astype(np.float64) / 255.0
+        pixels = pixels[:, np.all(pixels > 0, axis=0)]
+    contract = segmentation_contract(
+        LANDSAT_BANDS, LANDCOVER_CLASSES, input_scale=1 / 255,
+        standardization_mean=pixels.mean(axis=1).tolist(),
+        standardization_std=pixels.std(axis=1).tolist(),
+    )  # fmt: skip
+    model = pointwise_segmentation_model(
+        str(tmp_path / "standardised.onnx"), contract, np.array(LANDCOVER_WEIGHTS)
+    )
+    with rasterio.open(new) as src:
+        profile = src.profile | {"dtype": "uint16"}
+        sixteen_bit = src.read().astype(np.uint16) * 100
+    wide = tmp_path / "landsat_2020_16bit.tif"
+    with rasterio.open(wide, "w", **profile) as dst:
+        dst.write(sixteen_bit)
+
+    def scale_warnings(image, out):
+        outputs = LandcoverOutputs.in_dir(str(out), polygons=False)
+        summary = map_landcover(str(image), outputs, LandcoverOptions(model=model))
+        return [w for w in summary["warnings"] if "pixel values look" in w]
+
+    assert scale_warnings(new, tmp_path / "8bit") == []
+    (warning,) = scale_warnings(wide, tmp_path / "16bit")
+    assert warning.startswith(f"warning: {wide}: pixel values look ")
+    factor = float(re.search(r"look ([\d,]+)x larger", warning)[1].replace(",", ""))
+    assert 30 < factor < 300
