@@ -539,3 +539,39 @@ def test_engine_warnings_reach_the_log_as_warnings(provider, tmp_path, s2_pair):
     assert not [m for m in feedback.warnings if "--" in m]
     assert result["CHANGED_AREA_HA"] is None  # no CRS: no areas
     assert Path(result["OUTPUT_MASK"]).is_file()
+
+
+def _as_reflectance(src: str, dst: str) -> str:
+    """A float32 copy of ``src`` with DN / 10000 (reflectance 0-1), georeferencing kept."""
+    ds = gdal.Open(src)
+    out = gdal.GetDriverByName("GTiff").Create(
+        dst, ds.RasterXSize, ds.RasterYSize, ds.RasterCount, gdal.GDT_Float32
+    )
+    out.SetGeoTransform(ds.GetGeoTransform())
+    out.SetProjection(ds.GetProjection())
+    for i in range(1, ds.RasterCount + 1):
+        out.GetRasterBand(i).WriteArray(ds.GetRasterBand(i).ReadAsArray() / 10000.0)
+        out.GetRasterBand(i).SetDescription(ds.GetRasterBand(i).GetDescription())
+    out = None
+    ds = None
+    return dst
+
+
+def test_inputs_in_the_wrong_units_are_a_warning_naming_the_file(provider, tmp_path, s2_pair):
+    """Reflectance 0-1 given to the bundled model of digital numbers: the GDAL backend's
+    samples give the same units warning as the CLI, highlighted in the log."""
+    a = _as_reflectance(s2_pair[0], str(tmp_path / "a_reflectance.tif"))
+    feedback = _RecordingFeedback()
+    result = _run(
+        "detectchange",
+        {
+            "INPUT_A": a,
+            "INPUT_B": str(s2_pair[1]),
+            "OUTPUT_PROBABILITY": str(tmp_path / "out" / "p.tif"),
+            "OUTPUT_MASK": str(tmp_path / "out" / "m.tif"),
+        },
+        feedback,
+    )
+    (warning,) = [w for w in feedback.warnings if "pixel values look" in w]
+    assert warning.startswith(f"warning: {a}: pixel values look ") and "x smaller" in warning
+    assert Path(result["OUTPUT_MASK"]).is_file()
