@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
 from swimdiff_geo.inference.contract import load_model
+from swimdiff_geo.inference.defaults import bundled_models, resolve_model_path
 
 from .options import handle_errors, parse_bands
 
@@ -49,7 +51,7 @@ def model_info(path: str) -> dict:
 def raster_info(path: str, model_path: str | None, bands: list[int] | None) -> dict:
     from swimdiff_geo.inference.defaults import default_backend
     from swimdiff_geo.inference.errors import InputError
-    from swimdiff_geo.inference.inputs import select_bands
+    from swimdiff_geo.inference.inputs import select_bands, value_scale_warning
 
     backend = default_backend()
     facts = backend.describe(path)
@@ -63,6 +65,9 @@ def raster_info(path: str, model_path: str | None, bands: list[int] | None) -> d
                 "fits": True,
                 "bands_used": dict(zip(model.contract.bands, chosen, strict=True)),
             }
+            warning = value_scale_warning(source, chosen, model.contract)
+            if warning:  # fits, but probably in the wrong units
+                facts["fits_model"]["units_warning"] = warning.removeprefix("warning: ")
         except InputError as exc:
             facts["fits_model"] = {"model": model_path, "fits": False, "why": exc.problem}
         finally:
@@ -80,14 +85,28 @@ def _print_readable(facts: dict, indent: int = 0) -> None:
             click.echo(f"{pad}{key}: {json.dumps(value) if not isinstance(value, str) else value}")
 
 
+def _existing_file_or_bundled_model(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    if value is None:
+        return None
+    path = resolve_model_path(value)
+    if not os.path.isfile(path):
+        raise click.BadParameter(
+            f"{value!r} is neither a file nor a bundled model ({', '.join(bundled_models())})"
+        )
+    return path
+
+
 @click.command("info")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", callback=_existing_file_or_bundled_model)
 @click.option(
     "--model",
     "-m",
-    type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="For a raster: check that it fits this model (band count / names).",
+    callback=_existing_file_or_bundled_model,
+    help="For a raster: check that it fits this model (band count / names, and whether its "
+    "values look like the model's training data). A file or a bundled model's name.",
 )
 @click.option(
     "--bands",
@@ -98,8 +117,8 @@ def _print_readable(facts: dict, indent: int = 0) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of readable text.")
 @handle_errors
 def info(path: str, model: str | None, bands: list[int] | None, as_json: bool) -> None:
-    """Describe PATH: an ONNX model's metadata, or a raster's size, bands, CRS, resolution and
-    nodata (and, with --model, whether it fits that model)."""
+    """Describe PATH: an ONNX model's metadata (a file or a bundled model's name), or a raster's
+    size, bands, CRS, resolution and nodata (and, with --model, whether it fits that model)."""
     facts = model_info(path) if _is_onnx(path) else raster_info(path, model, bands)
     if as_json:
         click.echo(json.dumps(facts, indent=2))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import rasterio
 from click.testing import CliRunner
 from swimdiff_geo.cli.main import cli
 
@@ -28,3 +30,36 @@ def test_info_on_a_raster_and_its_fit(s2_pair, landsat_pair, landsat_change_mode
                                       str(landsat_change_model)])  # fmt: skip
     assert result.exit_code == 1
     assert "fits: false" in result.output and "13 bands" in result.output
+
+
+def test_info_takes_bundled_model_names(s2_pair):
+    result = CliRunner().invoke(cli, ["info", "s2_change_swimdiff", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["model_type"] == "change_detection"
+    result = CliRunner().invoke(
+        cli, ["info", str(s2_pair[0]), "--model", "s2_change_swimdiff", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    fit = json.loads(result.output)["fits_model"]
+    assert fit["fits"] and "units_warning" not in fit  # real L1C digital numbers
+    result = CliRunner().invoke(cli, ["info", "no_such_model"])
+    assert result.exit_code == 2
+    assert "'no_such_model' is neither a file nor a bundled model" in result.output
+    assert "s2_change_swimdiff" in result.output  # the names it would take
+
+
+def test_info_warns_when_a_raster_fits_the_bands_but_not_the_units(s2_pair, tmp_path):
+    """Reflectance 0-1 has the right 13 bands for the bundled model: it fits, with a warning."""
+    with rasterio.open(s2_pair[0]) as src:
+        profile = src.profile | {"dtype": "float32", "nodata": None}
+        data, names = src.read().astype(np.float32) / 10000.0, src.descriptions
+    reflectance = tmp_path / "reflectance.tif"
+    with rasterio.open(reflectance, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = names
+    result = CliRunner().invoke(
+        cli, ["info", str(reflectance), "--model", "s2_change_swimdiff", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    fit = json.loads(result.output)["fits_model"]
+    assert fit["fits"] and fit["units_warning"].startswith(f"{reflectance}: pixel values look ")
