@@ -9,8 +9,9 @@
 - ``landsat_landcover_rules.onnx``: water / vegetation / bare-or-built from NDWI and NDVI on the
   4-band SWIR1, NIR, RED, GREEN uint8 Landsat composites, as softmax of scaled index scores.
 
-Both follow docs/model-format.md; they are placeholders until trained SwiMDiff models replace
-them (docs/models.md).
+Both follow docs/model-format.md (docs/models.md). The CVA model is the classical baseline beside
+the trained default ``s2_change_swimdiff``; the rules model is the Landsat default, since no
+trained Landsat head has earned its place.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def build_cva(path: Path, threshold: float) -> None:
         description=(
             "Not a learned model: p = sigmoid(k (||x_b - x_a|| - c)) on TOA reflectance, "
             f"c = {threshold:.4f} (Otsu over the CVA magnitudes of all OSCD cities), "
-            f"k = {gain:.2f}. A placeholder until the trained SwiMDiff change model ships."
+            f"k = {gain:.2f}. The classical baseline; the default change model is "
+            "s2_change_swimdiff."
         ),
         extra={"cva_threshold": threshold, "cva_gain": gain},
     )  # fmt: skip
@@ -121,8 +123,9 @@ def build_landcover(path: Path) -> None:
         name="Landsat land-cover index-rule baseline",
         description=(
             "Not a learned model: water / vegetation / bare-or-built from NDWI (green, NIR) and "
-            "NDVI (NIR, red) as softmax([8 NDWI, 8 (NDVI - 0.25), 0]). A placeholder until a "
-            "trained land-cover head ships."
+            "NDVI (NIR, red) as softmax([8 NDWI, 8 (NDVI - 0.25), 0]). For stretched 8-bit "
+            "composites like the Pucallpa sample, not raw Landsat digital numbers "
+            "(docs/models.md)."
         ),
     )  # fmt: skip
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])
