@@ -1,4 +1,4 @@
-"""Probe a fine-tuned change checkpoint on its validation cities: thresholds, flip TTA, soups.
+"""Probe change checkpoints on their validation cities: thresholds, flip TTA, soups, ensembles.
 
     # F1 per validation city and pooled, at several thresholds
     python benchmarks/change_checkpoint_probes.py runs/default/s2_change_swimdiff/best.ckpt \\
@@ -7,6 +7,8 @@
     python benchmarks/change_checkpoint_probes.py runs/default/s2_change_swimdiff/best.ckpt --tta
     # a uniform weight average ("model soup") of several checkpoints of one architecture
     python benchmarks/change_checkpoint_probes.py A/best.ckpt B/best.ckpt --soup
+    # each checkpoint, then the mean of their probabilities (an ensemble)
+    python benchmarks/change_checkpoint_probes.py A/best.ckpt B/best.ckpt --ensemble
 
 The validation cities, bands and scaling are the first checkpoint's (its data description and
 model contract), read from the data folder it was trained on. PyTorch, not the engine: these are
@@ -67,15 +69,14 @@ def main() -> None:
     parser.add_argument("--thresholds", default="0.5")
     parser.add_argument("--tta", action="store_true", help="mean over the 4 flips of each tile")
     parser.add_argument("--soup", action="store_true", help="average the checkpoints' weights")
+    parser.add_argument(
+        "--ensemble", action="store_true", help="also score the mean of the probabilities"
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = [load_head_checkpoint(c) for c in args.checkpoints]
-    contract = tasks[0].hparams.contract
-    scaling = BandScaling(
-        contract["input_scale"], contract["standardization_mean"], contract["standardization_std"]
-    )
     scenes = load_change_split(tasks[0].hparams.data_cfg, "val")
     thresholds = [float(t) for t in args.thresholds.split(",")]
     if args.soup:
@@ -87,13 +88,30 @@ def main() -> None:
             for key, value in states[0].items()
         }
         tasks[0].model.load_state_dict(soup)
-        runs = {"soup of " + ", ".join(args.checkpoints): tasks[0].model}
+        tasks = tasks[:1]
+        names = ["soup of " + ", ".join(args.checkpoints)]
     else:
-        runs = {c: t.model for c, t in zip(args.checkpoints, tasks, strict=True)}
-    for name, model in runs.items():
-        maps = {s.name: (probabilities(model, s, scaling, args.tta), s.labels) for s in scenes}
-        print(f"### {name}{' (flip TTA)' if args.tta else ''}\n")
+        names = list(args.checkpoints)
+    suffix = " (flip TTA)" if args.tta else ""
+    all_maps = []
+    for name, task in zip(names, tasks, strict=False):
+        scaling = contract_scaling(task.hparams.contract)  # each model with its own inputs
+        maps = {s.name: (probabilities(task.model, s, scaling, args.tta), s.labels) for s in scenes}
+        all_maps.append(maps)
+        print(f"### {name}{suffix}\n")
         print(f1_table(maps, thresholds) + "\n")
+    if args.ensemble and len(all_maps) > 1:
+        mean = {
+            s.name: (np.mean([m[s.name][0] for m in all_maps], axis=0), s.labels) for s in scenes
+        }
+        print(f"### mean probability of {len(all_maps)} checkpoints{suffix}\n")
+        print(f1_table(mean, thresholds) + "\n")
+
+
+def contract_scaling(contract: dict) -> BandScaling:
+    return BandScaling(
+        contract["input_scale"], contract["standardization_mean"], contract["standardization_std"]
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""Recipe ideas for the change model that were tried and not adopted (docs/results.md, "After
+the table"): each is the bundled model's fine-tuning recipe with one thing changed, run through
+``finetune_change`` with that one thing patched in here rather than kept as an option.
+
+    python benchmarks/change_recipe_probes.py change-windows /path/to/shared/data/oscd \\
+        --encoder runs/ablation/pretrain_swimdiff/encoder.pt --out runs/exp/probe_biased
+    python benchmarks/change_recipe_probes.py per-date /path/to/oscd --encoder ... --out ...
+    python benchmarks/change_recipe_probes.py weight-decay /path/to/oscd --encoder ... --out ...
+
+- ``change-windows``: half of the training windows are placed to contain a changed pixel (drawn
+  uniformly from the scene's changed pixels), the other half uniformly, as usual.
+- ``per-date``: every date of every scene is standardised per band on its own statistics before
+  the usual global standardisation (a relative radiometric normalisation of the two dates).
+- ``weight-decay``: AdamW weight decay 0.05 instead of 1e-4.
+
+40 epochs, one CPU thread, resumable (``--resume`` semantics); scores in ``OUT/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+import swimdiff_geo.train.finetune as finetune
+from swimdiff_geo.data import change
+
+TRAIN = "beihai,beirut,bercy,cupertino,paris,pisa,rennes".split(",")
+VAL = "bordeaux,mumbai,saclay_e".split(",")
+
+
+def standardise_each_date() -> None:
+    load = finetune.load_oscd_scenes
+
+    def per_date(path, names, bands=None):  # noqa: ANN001, ANN202
+        scenes = load(path, names, bands)
+        for scene in scenes:
+            for attr in ("image_a", "image_b"):
+                image = getattr(scene, attr)
+                mean = image.mean(axis=(1, 2), keepdims=True)
+                std = image.std(axis=(1, 2), keepdims=True) + 1e-6
+                # back on a DN-like scale, so that input_scale and the global step still apply
+                setattr(scene, attr, ((image - mean) / std * 1000.0 + 1000.0).astype(np.float32))
+        return scenes
+
+    finetune.load_oscd_scenes = per_date
+
+
+def half_the_windows_on_change() -> None:
+    uniform = change.RandomChangeWindows.__getitem__
+
+    def on_change(self, index):  # noqa: ANN001, ANN202
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        if rng.random() >= 0.5:
+            return uniform(self, index)
+        i = int(rng.choice(len(self.scenes), p=self.probabilities))
+        labels = self.scenes[i].labels
+        changed = np.argwhere(labels == 1)
+        if len(changed) == 0:
+            return uniform(self, index)
+        r, c = changed[rng.integers(len(changed))]
+        s = self.crop_size
+        h, w = labels.shape
+        r0 = int(np.clip(r - rng.integers(0, s), 0, max(h - s, 0)))
+        c0 = int(np.clip(c - rng.integers(0, s), 0, max(w - s, 0)))
+        a, b = self._scaled[i]
+        rows, cols = slice(r0, r0 + s), slice(c0, c0 + s)
+        x = np.concatenate([a[:, rows, cols], b[:, rows, cols]])
+        y = labels[rows, cols]
+        x, y = change._pad_to(x, s, s, None), change._pad_to(y, s, s, change.IGNORE_INDEX)
+        x, y = change.augment_d4([x, y], rng)
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+    change.RandomChangeWindows.__getitem__ = on_change
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("idea", choices=["change-windows", "per-date", "weight-decay"])
+    parser.add_argument("oscd", help="the OSCD folder")
+    parser.add_argument("--encoder", default=None, help="encoder.pt (default: random init)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=40)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.idea == "change-windows":
+        half_the_windows_on_change()
+    elif args.idea == "per-date":
+        standardise_each_date()
+    summary = finetune.finetune_change(
+        args.oscd, args.out, train_cities=TRAIN, val_cities=VAL, encoder=args.encoder,
+        epochs=args.epochs, lr=1e-3, weight_decay=0.05 if args.idea == "weight-decay" else 1e-4,
+        batch_size=8, crop_size=96, val_tile=256, normalize="standardize", loss="bce+dice",
+        pos_weight="auto", seed=args.seed, resume=True,
+    )  # fmt: skip
+    print(summary["best"], summary["per_scene"])
+
+
+if __name__ == "__main__":
+    main()
