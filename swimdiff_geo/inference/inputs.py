@@ -82,7 +82,7 @@ def value_scale_warning(
             row = (grid.height - size) * (2 * i + 1) // (2 * samples)
             col = (grid.width - size) * (2 * j + 1) // (2 * samples)
             data, valid = source.read(Window(col, row, size, size), bands)
-            valid &= np.any(data != 0, axis=0)  # all-zero fill is not a value
+            valid &= np.any(data != 0, axis=0) & np.all(np.isfinite(data), axis=0)  # not fill
             values.append(data[:, valid])
     pixels = np.concatenate(values, axis=1)
     if pixels.shape[1] < 100:
@@ -95,12 +95,12 @@ def value_scale_warning(
     ratio = float(np.median(medians[informative] / means[informative]))
     if 1 / SCALE_RATIO_LIMIT <= ratio <= SCALE_RATIO_LIMIT:
         return None
-    how = (
-        f"{1 / ratio:,.0f}x smaller" if 0 < ratio < 1 else
-        f"{ratio:,.0f}x larger" if ratio > 1 else "zero or negative where the model's are not"
-    )  # fmt: skip
+    if ratio <= 0:
+        how = "zero or negative, unlike"
+    else:
+        how = f"{1 / ratio:,.0f}x smaller than" if ratio < 1 else f"{ratio:,.0f}x larger than"
     return (
-        f"warning: {source.path}: pixel values look {how} than the model's training data "
+        f"warning: {source.path}: pixel values look {how} the model's training data "
         f"(typical band median x input_scale {contract.input_scale:g} = "
         f"{float(np.median(medians[informative])):.4g}, training mean "
         f"{float(np.median(means[informative])):.4g}); check the input's units (reflectance "

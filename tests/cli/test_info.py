@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import rasterio
 from click.testing import CliRunner
 from swimdiff_geo.cli.main import cli
+
+from tests.inference.test_change import as_reflectance
 
 
 def test_info_on_a_model_prints_its_contract(landsat_change_model):
@@ -50,13 +50,7 @@ def test_info_takes_bundled_model_names(s2_pair):
 
 def test_info_warns_when_a_raster_fits_the_bands_but_not_the_units(s2_pair, tmp_path):
     """Reflectance 0-1 has the right 13 bands for the bundled model: it fits, with a warning."""
-    with rasterio.open(s2_pair[0]) as src:
-        profile = src.profile | {"dtype": "float32", "nodata": None}
-        data, names = src.read().astype(np.float32) / 10000.0, src.descriptions
-    reflectance = tmp_path / "reflectance.tif"
-    with rasterio.open(reflectance, "w", **profile) as dst:
-        dst.write(data)
-        dst.descriptions = names
+    reflectance = as_reflectance(s2_pair[0], tmp_path / "reflectance.tif")
     result = CliRunner().invoke(
         cli, ["info", str(reflectance), "--model", "s2_change_swimdiff", "--json"]
     )

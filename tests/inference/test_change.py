@@ -193,7 +193,7 @@ def test_equal_size_rasters_without_georeferencing_run_in_pixel_space(
         assert m.crs is None
 
 
-def _as_reflectance(path, dst_path):
+def as_reflectance(path, dst_path):
     """The same pixels as float32 reflectance (DN / 10000): a common mix-up with L1C numbers."""
     with rasterio.open(path) as src:
         profile = src.profile | {"dtype": "float32", "nodata": None}
@@ -217,7 +217,7 @@ def test_inputs_on_another_scale_than_the_training_data_warn(s2_pair, tmp_path):
         return [w for w in summary["warnings"] if "pixel values look" in w]
 
     assert scale_warnings(*s2_pair, tmp_path / "dn") == []
-    reflectance = [_as_reflectance(p, tmp_path / f"refl_{i}.tif") for i, p in enumerate(s2_pair)]
+    reflectance = [as_reflectance(p, tmp_path / f"refl_{i}.tif") for i, p in enumerate(s2_pair)]
     found = scale_warnings(*reflectance, tmp_path / "refl")
     assert len(found) == 2
     for path, warning in zip(reflectance, found, strict=True):
