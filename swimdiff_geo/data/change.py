@@ -58,11 +58,17 @@ class ChangeScene:
 
 @dataclass
 class BandScaling:
-    """Raw DN -> model input: ``(x * input_scale - mean[b]) / std[b]`` per band ``b``."""
+    """Raw DN -> model input: ``(x * input_scale - mean[b]) / std[b]`` per band ``b``.
+
+    ``input_band_means``: the training inputs' band means of ``x * input_scale`` whether or not
+    they are standardised; the exported model keeps them so that the engine can tell inputs
+    on another scale (its units check).
+    """
 
     input_scale: float = 1.0
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    input_band_means: list[float] = field(default_factory=list)
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Scale ``(..., C, H, W)`` raw values; C may be a multiple of the number of bands."""

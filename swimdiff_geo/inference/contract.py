@@ -41,6 +41,7 @@ class ModelContract:
     input_scale: float = 1.0
     standardization_mean: list[float] = field(default_factory=list)
     standardization_std: list[float] = field(default_factory=list)
+    input_band_means: list[float] = field(default_factory=list)  # of the training inputs
     tiles_overlap: float = 25.0
     resolution: float | None = None
     threshold: float = 0.5
@@ -135,7 +136,7 @@ class ModelContract:
             raise bad("tile_size", "must be an integer >= 8")
         if not (0 <= float(self.tiles_overlap) < 100):
             raise bad("tiles_overlap", "must be a percentage in [0, 100)")
-        for key in ("standardization_mean", "standardization_std"):
+        for key in ("standardization_mean", "standardization_std", "input_band_means"):
             values = getattr(self, key)
             if values and len(values) != self.num_bands:
                 raise bad(key, f"has {len(values)} values for {self.num_bands} bands")

@@ -66,12 +66,12 @@ def value_scale_warning(
     data, e.g. reflectance 0-1 or 8-bit display values given to a model of digital numbers.
 
     Reads ``samples`` x ``samples`` windows of up to 64 px spread over the raster (cheap on any
-    size) and compares each band's median, times ``input_scale``, with the model's
-    ``standardization_mean`` (the training data's band means); the typical band's ratio (median
-    over bands) outside ``[1/SCALE_RATIO_LIMIT, SCALE_RATIO_LIMIT]`` warns. Models without
-    standardisation statistics are not checked (nothing says what their inputs looked like).
+    size) and compares each band's median, times ``input_scale``, with the training data's band
+    means (the model's ``input_band_means``, else its ``standardization_mean``); the typical
+    band's ratio (median over bands) outside ``[1/SCALE_RATIO_LIMIT, SCALE_RATIO_LIMIT]`` warns.
+    Models with neither are not checked (nothing says what their inputs looked like).
     """
-    means = np.asarray(contract.standardization_mean, np.float64)
+    means = np.asarray(contract.input_band_means or contract.standardization_mean, np.float64)
     if means.size != len(bands):
         return None
     grid = source.grid

@@ -448,10 +448,10 @@ def note_if_scaling_differs(
 def _scaling(images: Sequence[np.ndarray], input_scale: float, normalize: str) -> BandScaling:
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}")
-    if normalize == "scale":
-        return BandScaling(input_scale)
     mean, std = band_statistics(images, input_scale)
-    return BandScaling(input_scale, mean, std)
+    if normalize == "scale":
+        return BandScaling(input_scale, input_band_means=mean)
+    return BandScaling(input_scale, mean, std, input_band_means=mean)
 
 
 def _resolution_cm(transform: Any, crs: Any) -> float | None:
@@ -614,6 +614,7 @@ def finetune_change(
         "input_scale": scaling.input_scale,
         "standardization_mean": scaling.mean,
         "standardization_std": scaling.std,
+        "input_band_means": scaling.input_band_means,
         "threshold": threshold,
         "resolution": 1000.0
         if data_cfg["kind"] == "oscd"
@@ -1002,6 +1003,7 @@ def finetune_landcover(
         "input_scale": scaling.input_scale,
         "standardization_mean": scaling.mean,
         "standardization_std": scaling.std,
+        "input_band_means": scaling.input_band_means,
         "threshold": 0.5,
         "resolution": resolution,
         "class_names": {str(i): v for i, v in enumerate(class_values)},

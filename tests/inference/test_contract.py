@@ -21,7 +21,8 @@ def _meta(**changes):
 
 def test_round_trip():
     contract = change_contract(["B02", "B03", "B04"], standardization_mean=[0.1, 0.2, 0.3],
-                               standardization_std=[1.0, 2.0, 3.0])  # fmt: skip
+                               standardization_std=[1.0, 2.0, 3.0],
+                               input_band_means=[0.1, 0.2, 0.3])  # fmt: skip
     again = ModelContract.from_metadata(contract.to_metadata())
     assert again == contract
 
@@ -38,6 +39,7 @@ def test_round_trip():
         ({"format_version": "99"}, "format_version"),
         ({"standardization_mean": "[0.1]", "standardization_std": "[1.0]"}, "standardization_mean"),
         ({"standardization_mean": "[0.1, 0.2, 0.3]"}, "standardization_std"),
+        ({"input_band_means": "[0.1, 0.2]"}, "input_band_means"),
         ({"threshold": "1.5"}, "threshold"),
         ({"nodata_policy": '"guess"'}, "nodata_policy"),
     ],

@@ -4,6 +4,7 @@ classification (EuroSAT layout, linear probe), exported and run through the engi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,28 @@ def test_segmentation_export_and_engine(segmentation_run: Path, tmp_path: Path) 
     assert len(set(contract.class_colors.values())) == 4
     assert contract.input_scale == 1.0  # float reflectance stays as it is
     assert contract.resolution == pytest.approx(999.5, abs=0.1)  # cm per pixel
+    # Not standardised (--normalize scale), yet the training band means travel with the model.
+    with rasterio.open(RASTER) as src:
+        pixels = src.read().astype(np.float64)
+        profile = src.profile
+    assert contract.standardization_mean == []
+    np.testing.assert_allclose(contract.input_band_means, pixels.mean(axis=(1, 2)), rtol=1e-6)
 
     outputs = LandcoverOutputs.in_dir(str(tmp_path / "map"), probabilities=True)
-    map_landcover(str(RASTER), outputs, LandcoverOptions(model=str(onnx_path)))
+    summary = map_landcover(str(RASTER), outputs, LandcoverOptions(model=str(onnx_path)))
+    assert not [w for w in summary["warnings"] if "pixel values look" in w]
+    # The same scene as 16-bit digital numbers (reflectance x 10000): the units check fires.
+    digital_numbers = tmp_path / "dn.tif"
+    with rasterio.open(digital_numbers, "w", **(profile | {"dtype": "uint16"})) as dst:
+        dst.write(np.round(pixels * 10000).astype(np.uint16))
+    summary = map_landcover(
+        str(digital_numbers),
+        LandcoverOutputs.in_dir(str(tmp_path / "dn_map")),
+        LandcoverOptions(model=str(onnx_path)),
+    )
+    (warning,) = [w for w in summary["warnings"] if "pixel values look" in w]
+    factor = float(re.search(r"look ([\d,]+)x larger", warning)[1].replace(",", ""))
+    assert 3_000 < factor < 30_000
     with rasterio.open(outputs.landcover) as src:
         classes = src.read(1)
     with rasterio.open(outputs.probabilities) as src:
