@@ -82,7 +82,8 @@ def value_scale_warning(
             row = (grid.height - size) * (2 * i + 1) // (2 * samples)
             col = (grid.width - size) * (2 * j + 1) // (2 * samples)
             data, valid = source.read(Window(col, row, size, size), bands)
-            valid &= np.any(data != 0, axis=0) & np.all(np.isfinite(data), axis=0)  # not fill
+            # all-zero fill and NaN are not values
+            valid &= np.any(data != 0, axis=0) & np.all(np.isfinite(data), axis=0)
             values.append(data[:, valid])
     pixels = np.concatenate(values, axis=1)
     if pixels.shape[1] < 100:
