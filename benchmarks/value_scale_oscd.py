@@ -18,7 +18,7 @@ import numpy as np
 from swimdiff_geo.data.oscd import OSCDCity, list_oscd_cities
 from swimdiff_geo.inference.contract import load_model
 from swimdiff_geo.inference.defaults import default_model_path
-from swimdiff_geo.inference.inputs import value_scale_warning
+from swimdiff_geo.inference.inputs import typical_band_ratio, value_scale_warning
 from swimdiff_geo.inference.io import Grid, Window
 
 
@@ -54,8 +54,7 @@ def main() -> None:
         for date in (1, 2):
             pixels = OSCDCity(args.oscd, city).read(date)
             medians = np.median(pixels.reshape(len(bands), -1), axis=1) * contract.input_scale
-            informative = means > 0.05 * means.max()
-            ratio = float(np.median(medians[informative] / means[informative]))
+            ratio, _ = typical_band_ratio(medians, means)
             ratios.append(ratio)
             cells = []
             for name, convert in versions.items():

@@ -59,6 +59,18 @@ def select_bands(
 SCALE_RATIO_LIMIT = 10.0
 
 
+def typical_band_ratio(medians: np.ndarray, means: np.ndarray) -> tuple[float, np.ndarray] | None:
+    """The median over bands of ``medians / means`` (per-band values in model input units, and
+    the training means), with the mask of the bands it used; None when no band informs.
+
+    Bands whose training mean is near zero (Sentinel-2 B10, cirrus) say nothing about scale.
+    """
+    if np.max(means) <= 0:
+        return None
+    informative = means > 0.05 * np.max(means)
+    return float(np.median(medians[informative] / means[informative])), informative
+
+
 def value_scale_warning(
     source: RasterSource, bands: Sequence[int], contract: ModelContract, samples: int = 3
 ) -> str | None:
@@ -89,13 +101,10 @@ def value_scale_warning(
     if pixels.shape[1] < 100:
         return None
     medians = np.median(pixels, axis=1) * contract.input_scale
-    # Bands whose training mean is near zero (Sentinel-2 B10, cirrus) say nothing about scale.
-    informative = means > 0.05 * np.max(means) if np.max(means) > 0 else np.zeros_like(means, bool)
-    if not informative.any():
+    typical = typical_band_ratio(medians, means)
+    if typical is None or 1 / SCALE_RATIO_LIMIT <= typical[0] <= SCALE_RATIO_LIMIT:
         return None
-    ratio = float(np.median(medians[informative] / means[informative]))
-    if 1 / SCALE_RATIO_LIMIT <= ratio <= SCALE_RATIO_LIMIT:
-        return None
+    ratio, informative = typical
     if ratio <= 0:
         how = "zero or negative, unlike"
     else:
