@@ -296,8 +296,9 @@ def write_markdown(path: Path, r: dict, argv: str) -> None:
         ]
     # The hand-written reading of the numbers below the tables stays.
     notes = "\n## Reading these numbers"
-    if path.is_file() and notes in path.read_text():
-        lines.append(notes.lstrip("\n") + path.read_text().split(notes, 1)[1])
+    old = path.read_text() if path.is_file() else ""
+    if notes in old:
+        lines.append(notes.lstrip("\n") + old.split(notes, 1)[1])
     path.write_text("\n".join(lines))
 
 
