@@ -178,16 +178,15 @@ def detect_change(
                 )
             n_polygons = None
             if outputs.polygons:
-                full = Window(0, 0, grid.width, grid.height)
                 layer, n_polygons = regions_layer(
-                    mask.sink.read(full) == 1,  # a temporary: freed once labelled
+                    ctx,
+                    tx,
+                    lambda w: mask.sink.read(w) == 1,
                     grid,
                     crs,
                     options.min_area,
-                    mean_of=lambda w: probability.sink.read(w),
-                    extra=None,
                     layer_name="change_polygons",
-                    log=ctx.log,
+                    mean_of=lambda w: probability.sink.read(w),
                 )
                 ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
             probability.finish()

@@ -139,16 +139,17 @@ class RasterSpec:
 
 @dataclass
 class PolygonLayer:
-    """Polygons to write: one polygon per label value > 0 of ``labels`` (8-connected regions).
+    """Polygons to write: one polygon per label value > 0 of the raster at ``labels_path``.
 
-    ``write_polygons`` may set ``labels`` to None once it has read them, to free the memory of
-    a scene-sized label image early: a layer is written once.
+    ``labels_path`` is a single-band int32 GeoTIFF on ``grid`` with nodata 0 (background), one
+    label per 8-connected region (regions.label_scene_regions writes it strip by strip), so no
+    backend ever holds a scene-sized label array.
 
     ``attributes[name]`` is an array indexed by label value (index 0 unused); ``field_types``
     maps the name to "int" | "float" | "str".
     """
 
-    labels: np.ndarray | None  # int32 (rows, cols), 0 = background
+    labels_path: str
     grid: Grid
     attributes: dict[str, np.ndarray]
     field_types: dict[str, str]
@@ -185,7 +186,7 @@ class RasterBackend(Protocol):
         """Copy a finished raster into Cloud-Optimized GeoTIFF layout with internal overviews."""
 
     def write_polygons(self, path: str, layer: PolygonLayer) -> None:
-        """Polygonise ``layer.labels`` into a GeoPackage in the grid's CRS."""
+        """Polygonise ``layer.labels_path`` (8-connected) into a GeoPackage in the grid's CRS."""
 
     def describe(self, path: str) -> dict[str, Any]:
         """Readable facts about a raster for ``swimdiff-geo info``."""

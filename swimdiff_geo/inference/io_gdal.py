@@ -428,34 +428,18 @@ class GdalBackend:
             raise OutputError(f"{dst_path}: cannot write Cloud-Optimized GeoTIFF ({exc})") from exc
 
     def write_polygons(self, path: str, layer: PolygonLayer) -> None:
-        """Polygonise ``layer.labels`` (8-connected) into a GeoPackage layer in the grid's CRS.
+        """Polygonise ``layer.labels_path`` (8-connected) into a GeoPackage layer in the grid's CRS.
 
         Each polygon carries the attributes of its label (``layer.attributes[name][label]``),
         fields in the order of ``layer.attributes``; NaN becomes NULL.
         """
         path = str(path)
-        labels = layer.labels
-        rows, cols = labels.shape
         names = list(layer.attributes)
-        # A scratch GeoTIFF, not a MEM raster: Polygonize reads it block by block, where a MEM
-        # raster would hold a second full copy of the label image.
-        labels_path = path + ".labels.tif"
+        labels = band = None
         try:
             with _gdal_errors():
-                mem = _check(
-                    gdal.GetDriverByName("GTiff").Create(
-                        labels_path, cols, rows, 1, gdal.GDT_Int32,
-                        ["TILED=YES", "COMPRESS=LZW", "BIGTIFF=IF_SAFER"],
-                    ),
-                    "creating the scratch label raster",
-                )  # fmt: skip
-                mem.SetGeoTransform(list(layer.grid.transform))
-                band = mem.GetRasterBand(1)
-                for row in range(0, rows, 1024):
-                    strip = np.ascontiguousarray(labels[row : row + 1024], dtype=np.int32)
-                    band.WriteArray(strip, 0, row)
-                band.SetNoDataValue(0)  # its nodata mask keeps the background out of the polygons
-                labels = layer.labels = None  # written: free the scene-sized array early
+                labels = _check(gdal.Open(layer.labels_path), "opening the label raster")
+                band = labels.GetRasterBand(1)  # nodata 0: its mask keeps out the background
                 # Polygonise into memory first, then copy with the attributes: GeoPackage layers
                 # are not safely updated while being iterated.
                 scratch = ogr.GetDriverByName("Memory").CreateDataSource("polygons")
@@ -496,13 +480,10 @@ class GdalBackend:
                 out = None
                 scratch_layer = None
                 scratch = None
-                mem = None
         except _GdalFailure as exc:
             raise OutputError(f"{path}: cannot write polygons ({exc})") from exc
         finally:
-            mem = band = None  # close the scratch raster before removing it
-            if os.path.exists(labels_path):
-                gdal.Unlink(labels_path)
+            labels = band = None  # close the label raster
 
     # -- info -----------------------------------------------------------------------------
     def describe(self, path: str) -> dict[str, Any]:

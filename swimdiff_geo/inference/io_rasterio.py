@@ -233,15 +233,15 @@ class RasterioBackend:
             "geometry": "Polygon",
             "properties": {k: fiona_types[layer.field_types[k]] for k in layer.attributes},
         }
-        # GDAL polygonises a band block by block; handing it the label array would copy the
-        # whole array into an in-memory raster first, so the labels go through a scratch file.
-        scratch, scratch_mask = path + ".labels.tif", path + ".mask.tif"
+        # rasterio's shapes() takes its mask as a uint8 band, not as the labels' nodata mask:
+        # derive one, strip by strip, into a scratch file beside the output.
+        scratch_mask = path + ".mask.tif"
         try:
-            self._write_labels(scratch, scratch_mask, layer)
-            # rasterio's shapes() holds every polygon of the scene in memory before yielding
-            # any: release the label image (the caller's last use) before that.
-            layer.labels = None
-            with rasterio.open(scratch) as labels, rasterio.open(scratch_mask) as keep, fiona.open(
+            self._write_mask(layer.labels_path, scratch_mask)
+            with warnings.catch_warnings():  # labels in pixel space have no georeferencing
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                labels, keep = rasterio.open(layer.labels_path), rasterio.open(scratch_mask)
+            with labels, keep, fiona.open(
                 path, "w", driver="GPKG", layer=layer.layer_name, schema=schema,
                 crs_wkt=grid.crs_wkt or "",
             ) as dst:  # fmt: skip
@@ -268,30 +268,29 @@ class RasterioBackend:
         except Exception as exc:  # fiona raises several unrelated types
             raise OutputError(f"{path}: cannot write polygons: {exc}") from exc
         finally:
-            for name in (scratch, scratch_mask):
-                if os.path.exists(name):
-                    os.remove(name)
+            if os.path.exists(scratch_mask):
+                os.remove(scratch_mask)
 
     @staticmethod
-    def _write_labels(path: str, mask_path: str, layer: PolygonLayer, strip_rows: int = 1024):
-        """Labels (int32) and their mask (uint8, label > 0) as tiled scratch GeoTIFFs."""
-        grid = layer.grid
-        profile = {
-            "driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1,
-            "transform": Affine.from_gdal(*grid.transform), "tiled": True,
-            "blockxsize": 256, "blockysize": 256, "compress": "LZW", "BIGTIFF": "IF_SAFER",
-        }  # fmt: skip
+    def _write_mask(labels_path: str, mask_path: str, strip_rows: int = 1024) -> None:
+        """The mask of the labels (uint8, 1 where label > 0) as a tiled scratch GeoTIFF."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path, "w", dtype="int32", **profile) as labels, rasterio.open(
-                mask_path, "w", dtype="uint8", **profile
-            ) as mask:  # fmt: skip
-                for row in range(0, grid.height, strip_rows):
-                    n = min(strip_rows, grid.height - row)
-                    window = RioWindow(0, row, grid.width, n)
-                    strip = layer.labels[row : row + n]
-                    labels.write(strip[None], window=window)
-                    mask.write((strip > 0).astype(np.uint8)[None], window=window)
+            labels = rasterio.open(labels_path)
+        with labels:
+            profile = {
+                "driver": "GTiff", "width": labels.width, "height": labels.height, "count": 1,
+                "transform": labels.transform, "tiled": True, "blockxsize": 256,
+                "blockysize": 256, "compress": "LZW", "BIGTIFF": "IF_SAFER", "dtype": "uint8",
+            }  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(mask_path, "w", **profile) as mask:
+                    for row in range(0, labels.height, strip_rows):
+                        n = min(strip_rows, labels.height - row)
+                        window = RioWindow(0, row, labels.width, n)
+                        strip = labels.read(1, window=window)
+                        mask.write((strip > 0).astype(np.uint8)[None], window=window)
 
     def describe(self, path: str) -> dict[str, Any]:
         ds = self._open_dataset(path)

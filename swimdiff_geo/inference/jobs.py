@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .areas import label_regions, relabel_in_place, row_pixel_areas_m2
+from .areas import row_pixel_areas_m2
 from .contract import LoadedModel, load_model
 from .defaults import default_backend, default_model_path, resolve_model_path
 from .io import CrsInfo, Grid, PolygonLayer, RasterBackend, RasterSink, RasterSpec, Window
 from .outputs import OutputTransaction
+from .regions import label_scene_regions
 from .tiling import overlap_pixels
 
 Progress = Callable[[float], None]
@@ -167,73 +168,57 @@ class RasterOutput:
 
 
 def regions_layer(
-    mask: np.ndarray,
+    ctx: JobContext,
+    tx: OutputTransaction,
+    read_keys: Callable[[Window], np.ndarray],
     grid: Grid,
     crs: CrsInfo | None,
     min_area_m2: float,
-    mean_of: Callable[[Window], np.ndarray] | None,
-    extra: dict[str, tuple[np.ndarray, str]] | None,
     layer_name: str,
-    log: Log,
-    strip_rows: int = 1024,
-    labels: np.ndarray | None = None,
+    mean_of: Callable[[Window], np.ndarray] | None = None,
+    key_fields: Callable[[np.ndarray], dict[str, tuple[np.ndarray, str]]] | None = None,
 ) -> tuple[PolygonLayer, int]:
-    """8-connected regions of ``mask`` at least ``min_area_m2``, with areas and mean values.
+    """8-connected regions of equal key at least ``min_area_m2``, with areas and mean values.
 
-    ``mean_of(strip_window)`` returns the per-pixel value to average per region (e.g. the change
-    probability); ``extra`` maps a field to (per-pixel int array, type) whose value is constant
-    per region (e.g. the class id). Areas are computed strip by strip to keep memory flat.
-    ``labels`` (int32, 0 = background) replaces the 8-connected labelling of ``mask``.
+    ``read_keys(strip_window)`` gives the keys (0 = background; see
+    :func:`~swimdiff_geo.inference.regions.label_scene_regions`); ``mean_of(strip_window)``
+    the per-pixel value to average per region (the change probability); ``key_fields(keys)``
+    turns the regions' keys into attribute columns (e.g. the class id), placed after
+    ``region_id``. The labels go to scratch rasters of ``tx`` strip by strip, so memory does
+    not grow with the scene's height. Returns the layer and its number of regions.
     """
-    if labels is None:
-        labels, count = label_regions(mask)
-        del mask  # the caller passes a temporary: free it before the label image grows
-    else:
-        count = int(labels.max(initial=0))
-    area = np.zeros(count + 1, np.float64)
-    pixels = np.zeros(count + 1, np.int64)
-    total = np.zeros(count + 1, np.float64)
-    first_pixel_value: dict[str, np.ndarray] = {}
-    for row in range(0, grid.height, strip_rows):
-        n = min(strip_rows, grid.height - row)
-        lab = labels[row : row + n].ravel()
-        window = Window(0, row, grid.width, n)
-        pixels += np.bincount(lab, minlength=count + 1)
-        if crs is not None:
-            areas = row_pixel_areas_m2(grid, crs, row, n)
-            area += np.bincount(lab, weights=np.repeat(areas, grid.width), minlength=count + 1)
-        if mean_of is not None:
-            total += np.bincount(lab, weights=mean_of(window).ravel(), minlength=count + 1)
-    for name, (values, _) in (extra or {}).items():
-        # Any pixel of a region carries its value; take the last one per label.
-        out = np.zeros(count + 1, values.dtype)
-        out[labels.ravel()] = values.ravel()
-        first_pixel_value[name] = out
-    if crs is None:
-        if min_area_m2 > 0:
-            log("warning: --min-area ignored: the inputs are not georeferenced (no areas)")
-        keep = pixels > 0
-    else:
-        keep = area >= min_area_m2
-    keep[0] = False
-    new_id = np.zeros(count + 1, np.int32)
-    new_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    relabel_in_place(labels, new_id)  # in place: a second label image would double memory
-    kept = np.concatenate([[0], np.flatnonzero(keep)])
-    attributes: dict[str, np.ndarray] = {"region_id": np.arange(len(kept), dtype=np.int64)}
+    if crs is None and min_area_m2 > 0:
+        ctx.log("warning: --min-area ignored: the inputs are not georeferenced (no areas)")
+    spec = RasterSpec(grid, 1, "int32", 0)
+    provisional_path = tx.scratch(f"{layer_name}.provisional.tif")
+    labels_path = tx.scratch(f"{layer_name}.labels.tif")
+    provisional = ctx.backend.create(provisional_path, spec)
+    try:
+        labels = ctx.backend.create(labels_path, spec)
+        try:
+            regions = label_scene_regions(
+                read_keys, grid, crs, min_area_m2, provisional, labels, values_of=mean_of
+            )
+        finally:
+            labels.close()
+    finally:
+        provisional.close()
+        os.remove(provisional_path)
+    n = regions.count
+    attributes: dict[str, np.ndarray] = {"region_id": np.arange(n + 1, dtype=np.int64)}
     types = {"region_id": "int"}
-    for name, (_, kind) in (extra or {}).items():
-        attributes[name] = first_pixel_value[name][kept]
+    for name, (values, kind) in (key_fields(regions.key) if key_fields else {}).items():
+        attributes[name] = values
         types[name] = kind
-    attributes["pixels"] = pixels[kept]
+    attributes["pixels"] = regions.pixels
     types["pixels"] = "int"
-    attributes["area_m2"] = area[kept] if crs is not None else np.full(len(kept), np.nan)
+    no_areas = np.full(n + 1, np.nan)  # pixel space
+    attributes["area_m2"] = regions.area_m2 if regions.area_m2 is not None else no_areas
     types["area_m2"] = "float"
-    if mean_of is not None:
-        attributes["mean_probability"] = total[kept] / np.maximum(pixels[kept], 1)
+    if regions.value_sum is not None:
+        attributes["mean_probability"] = regions.value_sum / np.maximum(regions.pixels, 1)
         types["mean_probability"] = "float"
-    layer = PolygonLayer(labels, grid, attributes, types, layer_name)
-    return layer, len(kept) - 1
+    return PolygonLayer(labels_path, grid, attributes, types, layer_name), n
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from .areas import label_regions
 from .engine import DateInput, StackedReader, _read_ahead, run_sliding_window
 from .errors import CancelledError, InputError
 from .inputs import select_bands, value_scale_warning
@@ -176,9 +175,7 @@ def map_landcover(
                 raise InputError(image, "no valid pixels: the image is nodata everywhere")
             n_polygons = None
             if outputs.polygons:
-                full = Window(0, 0, grid.width, grid.height)
-                class_map = classes.sink.read(full)
-                layer, n_polygons = _class_regions(class_map, grid, crs, options, names, ctx)
+                layer, n_polygons = _class_regions(classes, grid, crs, options, names, ctx, tx)
                 ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
             classes.finish()
             if probs is not None:
@@ -272,23 +269,24 @@ def _run_patch_classifier(
     return n_run
 
 
-def _class_regions(class_map, grid, crs, options, names, ctx):
+def _class_regions(classes, grid, crs, options, names, ctx, tx):
     """Polygons of 8-connected same-class regions (each class dissolved separately)."""
-    labels_total = np.zeros(class_map.shape, np.int32)
-    offset = 0
-    valid = class_map != CLASS_NODATA
-    for cid in np.unique(class_map[valid]):
-        # Label each class on its own so regions never merge across classes.
-        lab, n = label_regions(class_map == cid)
-        labels_total[lab > 0] = lab[lab > 0] + offset
-        offset += n
+
+    def class_keys(window: Window) -> np.ndarray:
+        # class id + 1 as the region key: 0 is background (nodata), and classes never merge
+        ids = classes.sink.read(window).astype(np.int64)
+        return np.where(ids == CLASS_NODATA, 0, ids + 1)
+
+    def class_fields(keys: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
+        return {"class_id": (keys - 1, "int")}
+
     layer, n = regions_layer(
-        labels_total > 0, grid, crs, options.min_area, mean_of=None,
-        extra={"class_id": (class_map.astype(np.int64), "int")},
-        layer_name="landcover", log=ctx.log, labels=labels_total,
+        ctx, tx, class_keys, grid, crs, options.min_area, layer_name="landcover",
+        key_fields=class_fields,
     )  # fmt: skip
     ids = layer.attributes["class_id"]
-    layer.attributes["class_name"] = np.array([names[i] if i < len(names) else "" for i in ids])
+    class_names = [names[i] if 0 <= i < len(names) else "" for i in ids]
+    layer.attributes["class_name"] = np.array(class_names)
     layer.field_types["class_name"] = "str"
     return layer, n
 

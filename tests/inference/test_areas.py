@@ -1,4 +1,4 @@
-"""Region labelling and pixel areas."""
+"""Pixel areas."""
 
 from __future__ import annotations
 
@@ -6,30 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from scipy import ndimage
 
-from swimdiff_geo.inference.areas import label_regions, row_pixel_areas_m2
+from swimdiff_geo.inference.areas import row_pixel_areas_m2
 from swimdiff_geo.inference.io import CrsInfo, Grid
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    rows=st.integers(1, 60), cols=st.integers(1, 60), density=st.floats(0.05, 0.9),
-    strip=st.integers(1, 17), seed=st.integers(0, 2**31),
-)  # fmt: skip
-def test_strip_labelling_equals_whole_array_labelling(rows, cols, density, strip, seed):
-    mask = np.random.default_rng(seed).random((rows, cols)) < density
-    got, n = label_regions(mask, strip_rows=strip)
-    expected, m = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    assert n == m and got.dtype == np.int32
-    assert ((got > 0) == mask).all()
-    # the same partition into regions: a one-to-one map between the two labellings
-    pairs = np.unique(np.stack([got[mask], expected[mask]]), axis=1)
-    assert pairs.shape[1] == n
-    assert len(np.unique(pairs[0])) == n and len(np.unique(pairs[1])) == n
-    assert set(np.unique(got[mask])) == set(range(1, n + 1))
 
 
 def test_projected_pixel_area_is_constant():

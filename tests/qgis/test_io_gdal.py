@@ -277,8 +277,12 @@ def test_write_polygons_one_feature_per_8_connected_label(backend, tmp_path):
     labels[14:18, 20] = 3  # an L: 4 + 3 px
     labels[17, 21:24] = 3
     grid = Grid(30, 20, (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0), _wkt(UTM33))
+    labels_path = str(tmp_path / "labels.tif")
+    sink = backend.create(labels_path, RasterSpec(grid, 1, "int32", 0))  # nodata 0: background
+    sink.write(labels, Window(0, 0, 30, 20))
+    sink.close()
     layer = PolygonLayer(
-        labels=labels,
+        labels_path=labels_path,
         grid=grid,
         attributes={
             "area_m2": np.array([0.0, 1200.0, 200.0, np.nan]),
