@@ -71,6 +71,7 @@ from ..data.oscd import OSCD_BANDS
 from ..models.change import DEFAULT_DECODER_CHANNELS, SiameseChangeNet
 from ..models.encoder import build_encoder, load_encoder_weights
 from ..models.landcover import PatchClassifier, SegmentationNet
+from .quiet import lightning_noise_filtered
 
 logger = logging.getLogger(__name__)
 
@@ -377,25 +378,28 @@ def _fit(
     last = RelocatableCheckpoint(
         dirpath=out_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator=accelerator,
-        devices=1,
-        default_root_dir=out_dir,
-        logger=CSVLogger(out_dir, name="logs"),  # logs/version_N/metrics.csv, one per run
-        callbacks=[best, last, EpochPrinter(print_fn)],
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=10,
-    )
-    last_path = out_dir / "last.ckpt"
-    ckpt_path = str(last_path) if resume and last_path.is_file() else None
-    if resume and ckpt_path is None:
-        print_fn(f"--resume: no {last_path} yet, starting from scratch")
-    elif ckpt_path:
-        print_fn(f"resuming from {last_path}")
-    trainer.fit(task, train_dl, val_dl, ckpt_path=ckpt_path)
+    # A folder with checkpoints of an earlier run, without --resume: Lightning's warning stays.
+    run_dir_is_ours = resume or not any(out_dir.glob("*.ckpt"))
+    with lightning_noise_filtered(run_dir_is_ours):
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator=accelerator,
+            devices=1,
+            default_root_dir=out_dir,
+            logger=CSVLogger(out_dir, name="logs"),  # logs/version_N/metrics.csv, one per run
+            callbacks=[best, last, EpochPrinter(print_fn)],
+            enable_progress_bar=progress_bar,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=10,
+        )
+        last_path = out_dir / "last.ckpt"
+        ckpt_path = str(last_path) if resume and last_path.is_file() else None
+        if resume and ckpt_path is None:
+            print_fn(f"--resume: no {last_path} yet, starting from scratch")
+        elif ckpt_path:
+            print_fn(f"resuming from {last_path}")
+        trainer.fit(task, train_dl, val_dl, ckpt_path=ckpt_path)
     return trainer
 
 

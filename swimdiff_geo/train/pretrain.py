@@ -41,6 +41,7 @@ from swimdiff_geo.data.pretrain import (
     compute_band_stats,
 )
 from swimdiff_geo.models.swimdiff import SwiMDiff
+from swimdiff_geo.train.quiet import lightning_noise_filtered
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +421,11 @@ def pretrain(cfg: PretrainConfig, callbacks: list[Callback] | None = None) -> Pa
 
     ``callbacks``: extra Lightning callbacks (monitoring, custom logging).
     """
-    extra_callbacks = list(callbacks or [])
+    with lightning_noise_filtered(run_dir_is_ours=False):
+        return _pretrain(cfg, list(callbacks or []))
+
+
+def _pretrain(cfg: PretrainConfig, extra_callbacks: list[Callback]) -> Path:
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -166,10 +166,11 @@ def test_bad_inputs_give_clear_errors(oscd_root: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "atlantis" in result.output
 
 
-def test_manifest_pairs_train_and_resume(tmp_path: Path) -> None:
+def test_manifest_pairs_train_and_resume(tmp_path: Path, capfd, caplog) -> None:
     """The user's own GeoTIFF pairs: band names from the descriptions, 16-bit -> DN / 10000;
     after the run folder is moved, a second call with more epochs and --resume continues from
-    last.ckpt and still knows the best score (best.ckpt is not overwritten by a worse epoch)."""
+    last.ckpt and still knows the best score (best.ckpt is not overwritten by a worse epoch).
+    Lightning's noise stays out of the log; its warning about overwriting checkpoints stays in."""
     a1, b1, m1 = write_city_pair("beihai", tmp_path / "beihai")
     a2, b2, m2 = write_city_pair("saclay_e", tmp_path / "saclay")
     manifest = tmp_path / "pairs.csv"
@@ -179,7 +180,12 @@ def test_manifest_pairs_train_and_resume(tmp_path: Path) -> None:
     common = dict(
         batch_size=4, crop_size=32, samples_per_epoch=4, val_tile=48, print_fn=lambda s: None
     )
-    first = finetune_change(manifest, tmp_path / "run", epochs=1, **common)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = finetune_change(manifest, tmp_path / "run", epochs=1, **common)
+    said = capfd.readouterr().err + caplog.text + "".join(str(w.message) for w in caught)
+    for noise in ("litlogger", "LeafSpec", "exists and is not empty"):
+        assert noise not in said
     assert first["data"]["kind"] == "manifest"
     assert first["data"]["train"] == ["beihai"] and first["data"]["val"] == ["saclay"]
     contract = load_head_checkpoint(tmp_path / "run" / "best.ckpt").hparams.contract
@@ -204,6 +210,11 @@ def test_manifest_pairs_train_and_resume(tmp_path: Path) -> None:
     assert key.startswith("ModelCheckpoint{")
     assert float(best["best_model_score"]) == pytest.approx(max(r["val_f1"] for r in history))
     assert best["best_model_path"] == str(run / "best.ckpt")
+    # The same folder again without --resume: its checkpoints will be overwritten; say so.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune_change(manifest, run, epochs=1, **common)
+    assert [w for w in caught if "exists and is not empty" in str(w.message)]
 
 
 def test_notes_when_normalisation_differs_from_pretraining(tmp_path: Path) -> None:
