@@ -84,7 +84,7 @@ def _bad_cases(tmp: Path, a: Path, b: Path, model: Path, s2_a: Path):
     """(name, args, words the message must contain, path the message must name)."""
     text = tmp / "notes.tif"
     text.write_text("this is not a raster\n")
-    far = _georef_copy(b, tmp / "far.tif", transform=Affine.translation(100.0, 40.0) * Affine.scale(
+    far = _georef_copy(b, tmp / "far.tif", transform=Affine.translation(100.0, 40.0) @ Affine.scale(
         0.0008, -0.0008))  # fmt: skip
     with rasterio.open(b) as ds:
         plain_profile = ds.profile
