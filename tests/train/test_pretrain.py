@@ -118,7 +118,7 @@ def test_effective_queue_size_is_at_most_one_epoch() -> None:
     assert effective_queue_size(16384, 10, 16) == 16
 
 
-def test_cli_with_config_file_and_overrides(tmp_path) -> None:
+def test_cli_with_config_file_and_overrides(tmp_path, capfd, caplog) -> None:
     from swimdiff_geo.cli.pretrain import pretrain as pretrain_command
 
     config = tmp_path / "pretrain.yaml"
@@ -130,6 +130,8 @@ def test_cli_with_config_file_and_overrides(tmp_path) -> None:
         ["--config", str(config), "--out", str(out), "--max-steps", "2", "--swm-mode", "remove"],
     )
     assert result.exit_code == 0, result.output
+    said = result.output + capfd.readouterr().err + caplog.text
+    assert "litlogger" not in said and "LeafSpec" not in said  # Lightning's noise is filtered
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert written["max_steps"] == 2 and written["swm_mode"] == "remove"  # CLI wins
     assert written["lambda_d"] == 0.0 and written["crop_size"] == 32  # from the file
