@@ -13,6 +13,8 @@ gives precision / recall / F1 per city, pooled per fold, and pooled over all ten
         --encoder runs/ablation/pretrain_swimdiff/encoder.pt --runs runs/cv
     # fold 1 is the bundled run: link it instead of training it again
     ln -s ../default/s2_change_swimdiff runs/cv/fold1
+    # the same folds from random init (no --encoder)
+    python benchmarks/change_cross_validation.py /path/to/shared/data/oscd --runs runs/cv_random
 """
 
 from __future__ import annotations
@@ -53,15 +55,15 @@ def folds() -> list[tuple[list[str], list[str]]]:
     ]
 
 
-def train_fold(data: Path, train: list[str], val: list[str], encoder: Path, out: Path,
+def train_fold(data: Path, train: list[str], val: list[str], encoder: Path | None, out: Path,
                threads: int) -> None:  # fmt: skip
     if (out / "metrics.json").is_file():
         print(f"{out}: done, skipped", flush=True)
         return
     cmd = [sys.executable, "-m", "swimdiff_geo.cli.main", "finetune", "change",
            "--data", str(data), "--train-cities", ",".join(train), "--val-cities", ",".join(val),
-           "--encoder", str(encoder), *RECIPE, "--threads", str(threads), "--out", str(out),
-           "--resume"]  # fmt: skip
+           *(["--encoder", str(encoder)] if encoder else []), *RECIPE, "--threads", str(threads),
+           "--out", str(out), "--resume"]  # fmt: skip
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -74,7 +76,7 @@ def cell(c: np.ndarray) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="the OSCD folder")
-    parser.add_argument("--encoder", type=Path, required=True, help="pretrained encoder.pt")
+    parser.add_argument("--encoder", type=Path, help="pretrained encoder.pt (none: random init)")
     parser.add_argument("--runs", type=Path, required=True, help="fold run folders go here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
