@@ -435,19 +435,26 @@ class GdalBackend:
         """
         path = str(path)
         names = list(layer.attributes)
-        labels = band = None
+        scratch_path = path + ".polygons.gpkg"
+        labels = band = scratch = scratch_layer = None
         try:
             with _gdal_errors():
                 labels = _check(gdal.Open(layer.labels_path), "opening the label raster")
                 band = labels.GetRasterBand(1)  # nodata 0: its mask keeps out the background
-                # Polygonise into memory first, then copy with the attributes: GeoPackage layers
+                # Polygonise into a scratch GeoPackage on disk first (a memory layer would hold
+                # every polygon of the scene), then copy with the attributes: GeoPackage layers
                 # are not safely updated while being iterated.
-                scratch = ogr.GetDriverByName("Memory").CreateDataSource("polygons")
+                scratch = _check(
+                    ogr.GetDriverByName("GPKG").CreateDataSource(scratch_path),
+                    "creating the scratch polygon layer",
+                )
                 scratch_layer = scratch.CreateLayer("labels", geom_type=ogr.wkbPolygon)
                 scratch_layer.CreateField(ogr.FieldDefn("label", ogr.OFTInteger))
+                scratch_layer.StartTransaction()  # one transaction, not one per polygon
                 err = gdal.Polygonize(band, band.GetMaskBand(), scratch_layer, 0, ["8CONNECTED=8"])
                 if err != 0:
                     raise _GdalFailure(gdal.GetLastErrorMsg() or "Polygonize failed")
+                scratch_layer.CommitTransaction()
 
                 srs = _srs(layer.grid.crs_wkt) if layer.grid.crs_wkt else None
                 if os.path.exists(path):
@@ -478,12 +485,12 @@ class GdalBackend:
                 _check(True, "writing GeoPackage")
                 out_layer = None
                 out = None
-                scratch_layer = None
-                scratch = None
         except _GdalFailure as exc:
             raise OutputError(f"{path}: cannot write polygons ({exc})") from exc
         finally:
-            labels = band = None  # close the label raster
+            labels = band = scratch_layer = scratch = None  # close them before removing
+            if os.path.exists(scratch_path):
+                gdal.GetDriverByName("GPKG").Delete(scratch_path)
 
     # -- info -----------------------------------------------------------------------------
     def describe(self, path: str) -> dict[str, Any]:

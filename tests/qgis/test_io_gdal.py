@@ -310,6 +310,8 @@ def test_write_polygons_one_feature_per_8_connected_label(backend, tmp_path):
         )
     ds = None
     assert rows == {"a": (1200.0, 1200.0, 12), "b": (200.0, 200.0, 2), "c": (700.0, None, 7)}
+    # the scratch polygon layer is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "polygons.gpkg"]
 
 
 # -- errors -----------------------------------------------------------------------------------
