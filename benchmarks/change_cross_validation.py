@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from change_checkpoint_probes import contract_scaling, probabilities  # noqa: E402
-from cva_otsu_oscd import counts, scores  # noqa: E402
+from cva_otsu_oscd import counts, score_cell, scores  # noqa: E402
 
 from swimdiff_geo.data.change import IGNORE_INDEX  # noqa: E402
 from swimdiff_geo.train.finetune import load_change_split, load_head_checkpoint  # noqa: E402
@@ -69,8 +69,7 @@ def train_fold(data: Path, train: list[str], val: list[str], encoder: Path | Non
 
 
 def cell(c: np.ndarray) -> str:
-    s = scores(c)
-    return f"{s['f1']:.3f} ({s['precision']:.3f} / {s['recall']:.3f})"
+    return score_cell(scores(c))
 
 
 def main() -> None:

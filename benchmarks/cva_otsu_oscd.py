@@ -43,6 +43,11 @@ def scores(c: np.ndarray) -> dict[str, float]:
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
 
 
+def score_cell(s: dict[str, float]) -> str:
+    """A table cell ``F1 (precision / recall)`` of :func:`scores`' dict."""
+    return f"{s['f1']:.3f} ({s['precision']:.3f} / {s['recall']:.3f})"
+
+
 def write_stack(city: OSCDCity, date: int, path: Path) -> None:
     data = city.read(date=date).round().astype(np.uint16)
     profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": 13,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cva_otsu_oscd import counts, cva_otsu_mask, scores  # noqa: E402
+from cva_otsu_oscd import counts, cva_otsu_mask, score_cell, scores  # noqa: E402
 
 TRAIN_CITIES = "beihai,beirut,bercy,cupertino,paris,pisa,rennes"
 VAL_CITIES = "bordeaux,mumbai,saclay_e"
@@ -127,10 +127,6 @@ def cva_otsu_counts(oscd: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _fmt(s: dict[str, float]) -> str:
-    return f"{s['f1']:.3f} ({s['precision']:.3f} / {s['recall']:.3f})"
-
-
 def table_rows(args: argparse.Namespace) -> list[str]:
     """The Markdown table of every row and seed (finished runs; "not run" for the others)."""
     cities = VAL_CITIES.split(",")
@@ -148,18 +144,18 @@ def table_rows(args: argparse.Namespace) -> list[str]:
                 continue
             per_scene = json.loads((run_dir / "metrics.json").read_text())["per_scene"]
             ft_s = json.loads((run_dir / "wall_time.json").read_text())["seconds"]
-            cells = [_fmt(per_scene[c]) for c in cities]
+            cells = [score_cell(per_scene[c]) for c in cities]
             lines.append(
                 f"| {label} | {seed} | " + " | ".join(cells)
-                + f" | **{_fmt(per_scene['all'])}** | {pre_s} | {ft_s:.0f} |"
+                + f" | **{score_cell(per_scene['all'])}** | {pre_s} | {ft_s:.0f} |"
             )  # fmt: skip
     cva = cva_otsu_counts(args.oscd)
     total = sum(cva.values())
-    cells = [_fmt(scores(cva[c])) for c in cities]
+    cells = [score_cell(scores(cva[c])) for c in cities]
     lines.append(
         "| CVA + Otsu (per city) | - | "
         + " | ".join(cells)
-        + f" | **{_fmt(scores(total))}** | - | - |"
+        + f" | **{score_cell(scores(total))}** | - | - |"
     )
     return lines
 
