@@ -11,8 +11,9 @@ scene-sized array is ever held. Two passes over strips of rows:
    dropped, and the provisional labels are rewritten strip by strip as final region numbers
    into the raster the polygoniser reads.
 
-Regions are numbered 1..count in the order of their first pixel in strip order (stable across
-runs and backends); 0 is background.
+Regions are numbered 1..count in the order in which their first provisional label was given:
+strip by strip, within a strip key by key, within a key in raster order (so stable across runs
+and backends); 0 is background.
 """
 
 from __future__ import annotations
