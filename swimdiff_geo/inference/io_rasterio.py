@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -223,7 +223,15 @@ class RasterioBackend:
             # sidecar, which the output transaction moves along with the file.
             write_category_names_sidecar(dst_path, spec.category_names)
 
-    def write_polygons(self, path: str, layer: PolygonLayer) -> None:
+    def write_polygons(self, path: str, layer: PolygonLayer, band_rows: int = 512) -> None:
+        """Polygonise ``layer`` band of rows by band of rows, so memory follows one band.
+
+        rasterio's shapes() collects every polygon of its input in an in-memory layer before
+        yielding the first one. So the labels are polygonised in bands of ``band_rows`` rows: a
+        region that lies inside one band is traced there (the same polygon as over the whole
+        raster: a polygon depends on its own pixels only); the few that cross a band edge are
+        traced together at the end, over the whole raster with a mask of just them.
+        """
         import fiona
         from rasterio.features import shapes
 
@@ -233,33 +241,45 @@ class RasterioBackend:
             "geometry": "Polygon",
             "properties": {k: fiona_types[layer.field_types[k]] for k in layer.attributes},
         }
-        # rasterio's shapes() takes its mask as a uint8 band, not as the labels' nodata mask:
-        # derive one, strip by strip, into a scratch file beside the output.
         scratch_mask = path + ".mask.tif"
         try:
-            self._write_mask(layer.labels_path, scratch_mask)
             with warnings.catch_warnings():  # labels in pixel space have no georeferencing
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                labels, keep = rasterio.open(layer.labels_path), rasterio.open(scratch_mask)
-            with labels, keep, fiona.open(
+                labels = rasterio.open(layer.labels_path)
+            with labels, fiona.open(
                 path, "w", driver="GPKG", layer=layer.layer_name, schema=schema,
                 crs_wkt=grid.crs_wkt or "",
             ) as dst:  # fmt: skip
-                band, mask = rasterio.band(labels, 1), rasterio.band(keep, 1)
+                first_band, last_band = _label_band_extents(labels, band_rows)
+                in_one_band = first_band == last_band  # absent labels: -1 == -1, never read
+                in_one_band[0] = False  # background
 
-                def features():
-                    # The mask (label > 0) keeps the background out of the polygons.
-                    for geom, value in shapes(band, mask=mask, connectivity=8,
-                                              transform=labels.transform):  # fmt: skip
-                        label = int(value)
-                        props = {k: _py(v[label]) for k, v in layer.attributes.items()}
-                        yield {"geometry": geom, "properties": props}
+                def polygons():
+                    for window in _row_windows(labels, band_rows):
+                        band = labels.read(1, window=window)
+                        yield from shapes(band, mask=in_one_band[band], connectivity=8,
+                                          transform=_window_transform(labels, window))  # fmt: skip
+                    crossing = first_band != last_band
+                    crossing[0] = False  # background
+                    if crossing.any():
+                        # rasterio's shapes() takes a whole-raster mask only as a uint8 band:
+                        # derive one, strip by strip, into a scratch file beside the output.
+                        self._write_mask(labels, crossing, scratch_mask)
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                            keep = rasterio.open(scratch_mask)
+                        with keep:
+                            yield from shapes(rasterio.band(labels, 1), connectivity=8,
+                                              mask=rasterio.band(keep, 1),
+                                              transform=labels.transform)  # fmt: skip
 
                 # In chunks: fiona's writerecords holds its whole argument in memory, and a
                 # noisy scene has hundreds of thousands of polygons.
                 chunk: list[dict] = []
-                for feature in features():
-                    chunk.append(feature)
+                for geom, value in polygons():
+                    label = int(value)
+                    props = {k: _py(v[label]) for k, v in layer.attributes.items()}
+                    chunk.append({"geometry": geom, "properties": props})
                     if len(chunk) == 10_000:
                         dst.writerecords(chunk)
                         chunk = []
@@ -272,25 +292,21 @@ class RasterioBackend:
                 os.remove(scratch_mask)
 
     @staticmethod
-    def _write_mask(labels_path: str, mask_path: str, strip_rows: int = 1024) -> None:
-        """The mask of the labels (uint8, 1 where label > 0) as a tiled scratch GeoTIFF."""
+    def _write_mask(
+        labels: Any, keep_label: np.ndarray, mask_path: str, strip_rows: int = 1024
+    ) -> None:
+        """``keep_label[labels]`` (uint8) as a tiled scratch GeoTIFF, strip by strip."""
+        profile = {
+            "driver": "GTiff", "width": labels.width, "height": labels.height, "count": 1,
+            "transform": labels.transform, "tiled": True, "blockxsize": 256,
+            "blockysize": 256, "compress": "LZW", "BIGTIFF": "IF_SAFER", "dtype": "uint8",
+        }  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            labels = rasterio.open(labels_path)
-        with labels:
-            profile = {
-                "driver": "GTiff", "width": labels.width, "height": labels.height, "count": 1,
-                "transform": labels.transform, "tiled": True, "blockxsize": 256,
-                "blockysize": 256, "compress": "LZW", "BIGTIFF": "IF_SAFER", "dtype": "uint8",
-            }  # fmt: skip
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(mask_path, "w", **profile) as mask:
-                    for row in range(0, labels.height, strip_rows):
-                        n = min(strip_rows, labels.height - row)
-                        window = RioWindow(0, row, labels.width, n)
-                        strip = labels.read(1, window=window)
-                        mask.write((strip > 0).astype(np.uint8)[None], window=window)
+            with rasterio.open(mask_path, "w", **profile) as mask:
+                for window in _row_windows(labels, strip_rows):
+                    strip = labels.read(1, window=window)
+                    mask.write(keep_label[strip].astype(np.uint8)[None], window=window)
 
     def describe(self, path: str) -> dict[str, Any]:
         ds = self._open_dataset(path)
@@ -313,6 +329,43 @@ class RasterioBackend:
             }
         finally:
             ds.close()
+
+
+def _row_windows(dataset: Any, rows: int) -> Iterator[RioWindow]:
+    """Full-width windows of ``rows`` rows over ``dataset``, top to bottom (the last may be
+    shorter)."""
+    for row in range(0, dataset.height, rows):
+        yield RioWindow(0, row, dataset.width, min(rows, dataset.height - row))
+
+
+def _window_transform(dataset: Any, window: RioWindow) -> Affine:
+    """The geotransform of ``window`` (rasterio's window_transform, without its deprecated
+    ``*`` composition)."""
+    return dataset.transform @ Affine.translation(window.col_off, window.row_off)
+
+
+def _label_band_extents(labels: Any, band_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last band of ``band_rows`` rows in which each label value occurs.
+
+    Args:
+        labels: an open rasterio dataset of non-negative integer labels (band 1).
+        band_rows: rows per band.
+
+    Returns ``(first, last)``, int64 arrays indexed by label value (0 included); -1 where the
+    label does not occur.
+    """
+    first = np.full(1, -1, np.int64)
+    last = np.full(1, -1, np.int64)
+    for index, window in enumerate(_row_windows(labels, band_rows)):
+        present = np.bincount(labels.read(1, window=window).ravel())
+        if len(present) > len(first):
+            grow = len(present) - len(first)
+            first = np.concatenate([first, np.full(grow, -1, np.int64)])
+            last = np.concatenate([last, np.full(grow, -1, np.int64)])
+        occurs = np.flatnonzero(present)
+        first[occurs[first[occurs] < 0]] = index
+        last[occurs] = index
+    return first, last
 
 
 def _py(value: Any) -> Any:
