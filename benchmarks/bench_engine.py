@@ -301,10 +301,12 @@ def write_markdown(path: Path, r: dict, argv: str) -> None:
             f"({s['peak_rss_mb'] - s['no_polygons_peak_rss_mb']:.0f} MB with every speck, "
             f"{s['min_area_peak_rss_mb'] - s['no_polygons_peak_rss_mb']:.0f} MB with "
             "`--min-area`) is the labelling's working set (strip temporaries, per-region "
-            "tables, GDAL's block cache filling up to its 256 MB) and the polygons, which GDAL's "
-            "polygoniser (through rasterio) keeps in memory until they are written: it grows "
-            "with the number of polygons, not with the size of the scene. `--no-polygons` skips "
-            "the step.",
+            "tables, GDAL's block cache filling up to its 256 MB) and the polygons of one band "
+            "of 512 rows: rasterio's polygoniser keeps every polygon of its input in memory "
+            "until the first is written, so regions inside a band are traced band by band, and "
+            "only those that cross a band edge are traced together at the end. It grows with "
+            "the number of polygons that cross band edges, not with the size of the scene. "
+            "`--no-polygons` skips the step.",
             "",
         ]
     # The hand-written reading of the numbers below the tables stays.
