@@ -6,12 +6,22 @@ the table"): each is the bundled model's fine-tuning recipe with one thing chang
         --encoder runs/ablation/pretrain_swimdiff/encoder.pt --out runs/exp/probe_biased
     python benchmarks/change_recipe_probes.py per-date /path/to/oscd --encoder ... --out ...
     python benchmarks/change_recipe_probes.py weight-decay /path/to/oscd --encoder ... --out ...
+    python benchmarks/change_recipe_probes.py no-input-difference /path/to/oscd --encoder ... \
+        --out ...
+    python benchmarks/change_recipe_probes.py weight-ema /path/to/oscd --encoder ... --out ...
 
 - ``change-windows``: half of the training windows are placed to contain a changed pixel (drawn
   uniformly from the scene's changed pixels), the other half uniformly, as usual.
 - ``per-date``: every date of every scene is standardised per band on its own statistics before
   the usual global standardisation (a relative radiometric normalisation of the two dates).
 - ``weight-decay``: AdamW weight decay 0.05 instead of 1e-4.
+- ``no-input-difference``: the decoder's full-resolution skip gets zeros instead of the absolute
+  difference of the two dates' inputs, so change is decoded from the encoder's features alone
+  (the raw spectral difference is a shortcut to calling any spectral change, a river's colour or
+  a harvested field, a change).
+- ``weight-ema``: validation, checkpoints and the exported weights use an exponential moving
+  average of the weights (decay 0.998 per step, about 500 steps or 10 epochs; Lightning's
+  EMAWeightAveraging, batch-norm statistics averaged too) rather than the last step's.
 
 40 epochs, one CPU thread, resumable (``--resume`` semantics); scores in ``OUT/metrics.json``.
 """
@@ -25,6 +35,7 @@ import torch
 
 import swimdiff_geo.train.finetune as finetune
 from swimdiff_geo.data import change
+from swimdiff_geo.models.change import SiameseChangeNet
 
 TRAIN = "beihai,beirut,bercy,cupertino,paris,pisa,rennes".split(",")
 VAL = "bordeaux,mumbai,saclay_e".split(",")
@@ -75,9 +86,33 @@ def half_the_windows_on_change() -> None:
     change.RandomChangeWindows.__getitem__ = on_change
 
 
+def without_input_difference() -> None:
+    def forward(self, x):  # noqa: ANN001, ANN202
+        c, n = self.bands_per_date, x.shape[0]
+        a, b = x[:, :c], x[:, c:]
+        pyramid = self.encoder.forward_pyramid(torch.cat([a, b], dim=0))
+        diffs = [torch.abs(f[:n] - f[n:]) for f in pyramid]
+        return self.decoder(diffs, torch.zeros_like(a))
+
+    SiameseChangeNet.forward = forward
+
+
+def with_weight_ema(decay: float = 0.998) -> None:
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    trainer_class = finetune.L.Trainer
+
+    def trainer(*args, callbacks=(), **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        ema = EMAWeightAveraging(decay=decay)
+        return trainer_class(*args, callbacks=[*callbacks, ema], **kwargs)
+
+    finetune.L.Trainer = trainer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("idea", choices=["change-windows", "per-date", "weight-decay"])
+    ideas = ["change-windows", "per-date", "weight-decay", "no-input-difference", "weight-ema"]
+    parser.add_argument("idea", choices=ideas)
     parser.add_argument("oscd", help="the OSCD folder")
     parser.add_argument("--encoder", default=None, help="encoder.pt (default: random init)")
     parser.add_argument("--out", required=True)
@@ -89,6 +124,10 @@ def main() -> None:
         half_the_windows_on_change()
     elif args.idea == "per-date":
         standardise_each_date()
+    elif args.idea == "no-input-difference":
+        without_input_difference()
+    elif args.idea == "weight-ema":
+        with_weight_ema()
     summary = finetune.finetune_change(
         args.oscd, args.out, train_cities=TRAIN, val_cities=VAL, encoder=args.encoder,
         epochs=args.epochs, lr=1e-3, weight_decay=0.05 if args.idea == "weight-decay" else 1e-4,
