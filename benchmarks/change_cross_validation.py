@@ -58,13 +58,13 @@ def folds() -> list[tuple[list[str], list[str]]]:
 def train_fold(data: Path, train: list[str], val: list[str], encoder: Path | None, out: Path,
                threads: int) -> None:  # fmt: skip
     if (out / "metrics.json").is_file():
-        print(f"{out}: done, skipped", flush=True)
+        print(f"{out}: done, skipped", file=sys.stderr, flush=True)
         return
     cmd = [sys.executable, "-m", "swimdiff_geo.cli.main", "finetune", "change",
            "--data", str(data), "--train-cities", ",".join(train), "--val-cities", ",".join(val),
            *(["--encoder", str(encoder)] if encoder else []), *RECIPE, "--threads", str(threads),
            "--out", str(out), "--resume"]  # fmt: skip
-    print(" ".join(cmd), flush=True)
+    print(" ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True)
 
 
