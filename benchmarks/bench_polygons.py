@@ -14,7 +14,9 @@ the QGIS backend, with QGIS's Python (it needs osgeo):
 
 (the mask of a whole-tile run of benchmarks/bench_engine.py: 664,042 regions). ``--as-classes``
 polygonises the mask as a two-class map (no change and change, as map-landcover's polygons do):
-then one region, the unchanged background, spans the whole scene.
+then one region, the unchanged background, spans the whole scene. ``--min-area M2`` (with
+``--as-classes``) applies map-landcover's minimum mapping unit first: regions under M2 join
+their neighbour; the labelling's own peak and time are printed too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +58,15 @@ def main() -> None:
     parser.add_argument("mask", type=Path, help="a change mask GeoTIFF (1 = change)")
     parser.add_argument("--repos", type=Path, nargs="+", default=[REPO])
     parser.add_argument("--as-classes", action="store_true", help="no change is a region too")
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        help="m^2: merge smaller regions into their neighbour (needs --as-classes)",
+    )
     args = parser.parse_args()
+    if args.min_area and not args.as_classes:
+        parser.error("--min-area merges regions of a class map: add --as-classes")
     sys.path.insert(0, str(REPO))
     import importlib
 
@@ -75,13 +86,18 @@ def main() -> None:
             change = mask.read(window, [1])[0][0] == 1
             return change + 1 if args.as_classes else change
 
+        started = time.perf_counter()
         regions = label_scene_regions(
-            keys, grid, backend.crs_info(grid.crs_wkt), 0.0, provisional, labels
-        )
+            keys, grid, backend.crs_info(grid.crs_wkt), args.min_area, provisional, labels,
+            small_regions="merge" if args.min_area else "drop",
+        )  # fmt: skip
+        took = time.perf_counter() - started
         provisional.close()
         labels.close()
         mask.close()
-        print(f"{regions.count} regions", flush=True)
+        peak = [line.split()[1] for line in open("/proc/self/status") if "VmHWM" in line][0]
+        print(f"{regions.count} regions; labelling: peak RSS {int(peak) / 1024:.0f} MB, "
+              f"{took:.0f} s", flush=True)  # fmt: skip
         for k, repo in enumerate(args.repos):
             out = subprocess.run(
                 [sys.executable, "-c", WRITE, str(repo.resolve()), BACKENDS[args.backend],

@@ -21,7 +21,7 @@ from .options import ProgressBar, echo_log, engine_options, handle_errors, outpu
     "--polygons",
     is_flag=True,
     help="Also write landcover.gpkg: one polygon per connected same-class region "
-    "of at least --min-area.",
+    "(regions under --min-area merged into their neighbours first).",
 )
 @click.option(
     "--probabilities",

@@ -65,7 +65,9 @@ min_area_option = click.option(
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
-    help="Smallest polygon kept, in m^2.",
+    help="Minimum area in m^2. detect-change: smaller change regions get no polygon. "
+    "map-landcover: a minimum mapping unit, smaller regions join the neighbouring class they "
+    "share the longest edge with, in the class map, the class areas and the polygons.",
 )
 bands_option = click.option(
     "--bands",

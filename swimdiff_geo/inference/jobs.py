@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -177,15 +177,19 @@ def regions_layer(
     layer_name: str,
     mean_of: Callable[[Window], np.ndarray] | None = None,
     key_fields: Callable[[np.ndarray], dict[str, tuple[np.ndarray, str]]] | None = None,
-) -> tuple[PolygonLayer, int]:
+    small_regions: Literal["drop", "merge"] = "drop",
+    merged_keys: Callable[[Window, np.ndarray], None] | None = None,
+    polygons: bool = True,
+) -> tuple[PolygonLayer | None, int]:
     """8-connected regions of equal key at least ``min_area_m2``, with areas and mean values.
 
     ``read_keys(strip_window)`` gives the keys (0 = background; see
-    :func:`~swimdiff_geo.inference.regions.label_scene_regions`); ``mean_of(strip_window)``
-    the per-pixel value to average per region (the change probability); ``key_fields(keys)``
-    turns the regions' keys into attribute columns (e.g. the class id), placed after
-    ``region_id``. The labels go to scratch rasters of ``tx`` strip by strip, so memory does
-    not grow with the scene's height. Returns the layer and its number of regions.
+    :func:`~swimdiff_geo.inference.regions.label_scene_regions`, also for ``small_regions``
+    and ``merged_keys``); ``mean_of(strip_window)`` the per-pixel value to average per region
+    (the change probability); ``key_fields(keys)`` turns the regions' keys into attribute
+    columns (e.g. the class id), placed after ``region_id``. The labels go to scratch rasters
+    of ``tx`` strip by strip, so memory does not grow with the scene's height. Returns the layer
+    (None with ``polygons=False``: only ``merged_keys`` is wanted) and its number of regions.
     """
     if crs is None and min_area_m2 > 0:
         ctx.log("warning: --min-area ignored: the inputs are not georeferenced (no areas)")
@@ -194,17 +198,21 @@ def regions_layer(
     labels_path = tx.scratch(f"{layer_name}.labels.tif")
     provisional = ctx.backend.create(provisional_path, spec)
     try:
-        labels = ctx.backend.create(labels_path, spec)
+        labels = ctx.backend.create(labels_path, spec) if polygons else None
         try:
             regions = label_scene_regions(
-                read_keys, grid, crs, min_area_m2, provisional, labels, values_of=mean_of
-            )
+                read_keys, grid, crs, min_area_m2, provisional, labels, values_of=mean_of,
+                small_regions=small_regions, merged_keys=merged_keys,
+            )  # fmt: skip
         finally:
-            labels.close()
+            if labels is not None:
+                labels.close()
     finally:
         provisional.close()
         os.remove(provisional_path)
     n = regions.count
+    if not polygons:
+        return None, n
     attributes: dict[str, np.ndarray] = {"region_id": np.arange(n + 1, dtype=np.int64)}
     types = {"region_id": "int"}
     for name, (values, kind) in (key_fields(regions.key) if key_fields else {}).items():

@@ -174,9 +174,15 @@ def map_landcover(
             if valid_pixels == 0:
                 raise InputError(image, "no valid pixels: the image is nodata everywhere")
             n_polygons = None
-            if outputs.polygons:
-                layer, n_polygons = _class_regions(classes, grid, crs, options, names, ctx, tx)
-                ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
+            if outputs.polygons or options.min_area > 0:
+                # The minimum mapping unit: regions under --min-area join their neighbour in the
+                # class map, so the map, the class areas and the polygons agree (no holes).
+                counter = AreaCounter(grid, crs, max(class_ids) + 1)
+                layer, n_polygons = _class_regions(
+                    classes, grid, crs, options, names, ctx, tx, counter, bool(outputs.polygons)
+                )
+                if layer is not None:
+                    ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
             classes.finish()
             if probs is not None:
                 probs.finish()
@@ -191,7 +197,8 @@ def map_landcover(
                 "classes": table,
                 "valid_area_m2": float(counter.area_m2.sum()) if counter.area_m2 is not None
                 else None,
-                "polygons": n_polygons,
+                "min_area_m2": options.min_area,
+                "polygons": n_polygons if outputs.polygons else None,
                 "engine": engine_summary(ctx, grid, windows_run),
                 "warnings": list(ctx.warnings),
                 "runtime_s": round(time.perf_counter() - ctx.started, 3),
@@ -269,21 +276,30 @@ def _run_patch_classifier(
     return n_run
 
 
-def _class_regions(classes, grid, crs, options, names, ctx, tx):
-    """Polygons of 8-connected same-class regions (each class dissolved separately)."""
+def _class_regions(classes, grid, crs, options, names, ctx, tx, counter, polygons):
+    """8-connected same-class regions, those under ``options.min_area`` merged into their
+    neighbour: rewrites the class map in place, recounts it into ``counter`` and returns the
+    polygon layer (None without ``polygons``) and its number of regions."""
 
     def class_keys(window: Window) -> np.ndarray:
         # class id + 1 as the region key: 0 is background (nodata), and classes never merge
         ids = classes.sink.read(window).astype(np.int64)
         return np.where(ids == CLASS_NODATA, 0, ids + 1)
 
+    def rewrite(window: Window, keys: np.ndarray) -> None:
+        ids = np.where(keys == 0, CLASS_NODATA, keys - 1)
+        classes.write(ids.astype(np.uint8)[None], window)
+        counter.add(ids, window, keys > 0)
+
     def class_fields(keys: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
         return {"class_id": (keys - 1, "int")}
 
     layer, n = regions_layer(
         ctx, tx, class_keys, grid, crs, options.min_area, layer_name="landcover",
-        key_fields=class_fields,
+        key_fields=class_fields, small_regions="merge", merged_keys=rewrite, polygons=polygons,
     )  # fmt: skip
+    if layer is None:
+        return None, n
     ids = layer.attributes["class_id"]
     class_names = [names[i] if 0 <= i < len(names) else "" for i in ids]
     layer.attributes["class_name"] = np.array(class_names)

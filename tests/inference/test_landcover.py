@@ -74,6 +74,64 @@ def test_class_map_areas_and_polygons(landsat_pair, landsat_segmentation_model, 
         assert p.count == 3 and p.descriptions[0] == "p(water)"
 
 
+def test_min_area_is_a_minimum_mapping_unit(landsat_pair, landsat_segmentation_model, tmp_path):
+    image, model = str(landsat_pair[1]), str(landsat_segmentation_model)
+    plain = LandcoverOutputs.in_dir(str(tmp_path / "plain"), polygons=True)
+    map_landcover(image, plain, LandcoverOptions(model=model))
+    with fiona.open(plain.polygons) as layer:
+        area_of = {f["properties"]["region_id"]: f["properties"]["area_m2"] for f in layer}
+    plain_areas = np.array([0.0] + [area_of[i] for i in range(1, len(area_of) + 1)])[1:]
+    min_area = float(np.quantile(plain_areas, 0.9))  # most regions are under it
+    sieved = LandcoverOutputs.in_dir(str(tmp_path / "sieved"), polygons=True)
+    summary = map_landcover(image, sieved, LandcoverOptions(model=model, min_area=min_area))
+    raster_only = LandcoverOutputs.in_dir(str(tmp_path / "raster_only"))
+    map_landcover(image, raster_only, LandcoverOptions(model=model, min_area=min_area))
+
+    with rasterio.open(plain.landcover) as a, rasterio.open(sieved.landcover) as b:
+        before, after, transform = a.read(1), b.read(1), b.transform
+    with rasterio.open(raster_only.landcover) as c:
+        np.testing.assert_array_equal(c.read(1), after)  # the same map without polygons
+    assert summary["min_area_m2"] == min_area
+    # nodata stays nodata; pixels change class only inside regions under the minimum
+    np.testing.assert_array_equal(after == 255, before == 255)
+    plain_ids = rasterize_polygons(plain.polygons, before.shape, transform)
+    small = plain_areas < min_area
+    changed = after != before
+    assert changed.any() and (plain_ids[changed] > 0).all()
+    assert small[plain_ids[changed] - 1].all()
+    # the class areas count the sieved map
+    with open(sieved.areas_csv, newline="") as fh:
+        rows = {int(r["class_id"]): int(r["pixels"]) for r in csv.DictReader(fh)}
+    counts = np.bincount(after[after != 255].ravel(), minlength=len(LANDCOVER_CLASSES))
+    assert rows == dict(enumerate(counts.tolist()))
+    # the polygons cover the sieved map exactly (no holes where specks were), one per region,
+    # and a polygon under the minimum touches no other (an island in nodata)
+    with fiona.open(sieved.polygons) as layer:
+        props = [f["properties"] for f in layer]
+    ids = rasterize_polygons(sieved.polygons, after.shape, transform)
+    np.testing.assert_array_equal(ids == 0, after == 255)
+    class_of = np.full(len(props) + 1, -1)
+    for p in props:
+        class_of[p["region_id"]] = p["class_id"]
+    np.testing.assert_array_equal(class_of[ids][after != 255], after[after != 255])
+    assert len(props) < len(plain_areas)
+    small_ids = {p["region_id"] for p in props if p["area_m2"] < min_area}
+    padded = np.pad(ids, 1)
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        other = padded[1 + dy : 1 + dy + ids.shape[0], 1 + dx : 1 + dx + ids.shape[1]]
+        touching = (ids != other) & (ids > 0) & (other > 0)
+        assert not small_ids & set(ids[touching]) and not small_ids & set(other[touching])
+
+
+def rasterize_polygons(path, shape, transform) -> np.ndarray:
+    """The polygons' region_id burnt at pixel centres (0 outside every polygon)."""
+    from rasterio.features import rasterize
+
+    with fiona.open(path) as layer:
+        shapes = [(f["geometry"], f["properties"]["region_id"]) for f in layer]
+    return rasterize(shapes, out_shape=shape, transform=transform, fill=0, dtype="int32")
+
+
 def test_patch_classifier_maps_on_a_strided_grid(landsat_pair, models_dir, tmp_path):
     weights = np.array(LANDCOVER_WEIGHTS)
     model = mean_pool_classifier_model(

@@ -20,8 +20,9 @@ UTM33 = CRS.from_epsg(32633).to_wkt()
 PIXEL_AREA_M2 = 100.0  # 10 m pixels
 
 
-def label_on_disk(keys, values, strip_rows, min_area_m2, folder: Path):
-    """Run label_scene_regions over ``keys`` with rasterio sinks; return regions and labels."""
+def label_on_disk(keys, values, strip_rows, min_area_m2, folder: Path, small_regions="drop"):
+    """Run label_scene_regions over ``keys`` with rasterio sinks; return regions and labels
+    (with ``small_regions="merge"`` also the merged keys, assembled from the strips)."""
     rows, cols = keys.shape
     grid = Grid(cols, rows, (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0), UTM33)
     backend = RasterioBackend()
@@ -32,14 +33,21 @@ def label_on_disk(keys, values, strip_rows, min_area_m2, folder: Path):
     def window_of(array):
         return lambda w: array[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width]
 
+    merged = np.full(keys.shape, -1, np.int64)
+
+    def merged_keys(w, strip):
+        merged[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] = strip
+
     regions = label_scene_regions(
         window_of(keys), grid, CrsInfo(is_geographic=False), min_area_m2, provisional, final,
-        values_of=window_of(values), strip_rows=strip_rows,
+        values_of=window_of(values), strip_rows=strip_rows, small_regions=small_regions,
+        merged_keys=merged_keys if small_regions == "merge" else None,
     )  # fmt: skip
     provisional.close()
     final.close()
     with rasterio.open(folder / "labels.tif") as labels:
-        return regions, labels.read(1).astype(np.int64)
+        found = labels.read(1).astype(np.int64)
+    return (regions, found, merged) if small_regions == "merge" else (regions, found)
 
 
 def whole_array_regions(keys):
@@ -106,3 +114,96 @@ def test_regions_crossing_strip_edges_at_corners_join_and_keys_never_merge(tmp_p
     assert regions.pixels.tolist() == [0, 40, 80]
     np.testing.assert_allclose(regions.value_sum[1:], [40 * 0.25, 80 * 0.75])
     np.testing.assert_array_equal(labels, keys)
+
+
+def touching_labels(labels):
+    """Pairs of different non-zero labels that are 8-neighbours, each once (whole array)."""
+    padded = np.pad(labels, 1)
+    centre = padded[1:-1, 1:-1]
+    pairs = set()
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        other = padded[1 + dy : 1 + dy + labels.shape[0], 1 + dx : 1 + dx + labels.shape[1]]
+        touching = (centre != other) & (centre > 0) & (other > 0)
+        pairs |= {tuple(sorted(p)) for p in zip(centre[touching], other[touching], strict=True)}
+    return pairs
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 40), cols=st.integers(1, 40), density=st.floats(0.3, 1.0),
+    n_keys=st.integers(1, 4), strip=st.integers(1, 13), min_pixels=st.integers(1, 12),
+    seed=st.integers(0, 2**31),
+)  # fmt: skip
+def test_merging_leaves_no_region_under_the_minimum_that_touches_another(
+    rows, cols, density, n_keys, strip, min_pixels, seed
+):
+    rng = np.random.default_rng(seed)
+    keys = np.where(
+        rng.random((rows, cols)) < density, rng.integers(1, n_keys + 1, (rows, cols)), 0
+    )
+    values = rng.random((rows, cols))
+    original, _ = whole_array_regions(keys)
+    original_sizes = np.bincount(original.ravel())
+    with tempfile.TemporaryDirectory() as folder:
+        regions, labels, merged = label_on_disk(
+            keys, values, strip, min_pixels * PIXEL_AREA_M2, Path(folder), "merge"
+        )
+        # one strip gives the same keys and the same regions, numbered alike (raster order)
+        again = label_on_disk(keys, values, rows, min_pixels * PIXEL_AREA_M2, Path(folder), "merge")
+    np.testing.assert_array_equal(again[2], merged)
+    np.testing.assert_array_equal(again[1], labels)
+
+    # background stays background, every other pixel keeps a key and a region
+    np.testing.assert_array_equal(merged == 0, keys == 0)
+    np.testing.assert_array_equal(labels == 0, keys == 0)
+    # only pixels of original regions under the minimum change key
+    changed = merged != keys
+    assert (original_sizes[original[changed]] < min_pixels).all()
+    # the labels are exactly the 8-connected regions of the merged keys, one to one
+    reference, n_reference = whole_array_regions(merged)
+    assert regions.count == n_reference
+    inside = keys > 0
+    pairs = np.unique(np.stack([labels[inside], reference[inside]]), axis=1)
+    assert pairs.shape[1] == len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == n_reference
+    # sizes and sums per region; a region under the minimum touches no other region
+    found = labels.ravel()
+    np.testing.assert_array_equal(regions.pixels[1:], np.bincount(found)[1:])
+    np.testing.assert_allclose(regions.value_sum[1:], np.bincount(found, values.ravel())[1:])
+    for region in range(1, regions.count + 1):
+        assert (merged[labels == region] == regions.key[region]).all()
+    small = {r for r in range(1, regions.count + 1) if regions.pixels[r] < min_pixels}
+    assert not any(a in small or b in small for a, b in touching_labels(labels))
+
+
+def test_a_speck_joins_the_class_it_shares_the_longest_edge_with(tmp_path):
+    # Class 1 (left) and 3 (right), split by a column of class 2 only 2 pixels high...
+    keys = np.ones((8, 10), np.int64)
+    keys[:, 5:] = 3
+    keys[3:5, 4] = 2  # a 2-pixel speck: 3 edges with class 1, 1 edge with class 3 per row
+    # ...and a one-pixel-wide line of class 2 cutting class 1's top rows off: merged into 1,
+    # the two parts of class 1 are one region again
+    keys[1, :5] = 2
+    keys[0, :5] = 1
+    regions, labels, merged = label_on_disk(
+        keys, np.zeros(keys.shape), 3, 6 * PIXEL_AREA_M2, tmp_path, "merge"
+    )
+    expected = np.ones((8, 10), np.int64)
+    expected[:, 5:] = 3
+    np.testing.assert_array_equal(merged, expected)
+    assert regions.count == 2
+    assert regions.key.tolist() == [0, 1, 3]
+    assert regions.pixels.tolist() == [0, 40, 40]
+
+
+def test_specks_among_themselves_take_the_largest_ones_class_and_islands_stay(tmp_path):
+    keys = np.zeros((6, 12), np.int64)
+    keys[1:3, 1:3] = [[1, 2], [2, 2]]  # an island of 4 pixels in background: 1 joins 2
+    keys[4, 8] = 3  # a single pixel alone in background: kept, nothing to merge into
+    regions, labels, merged = label_on_disk(
+        keys, np.zeros(keys.shape), 2, 10 * PIXEL_AREA_M2, tmp_path, "merge"
+    )
+    expected = keys.copy()
+    expected[1, 1] = 2
+    np.testing.assert_array_equal(merged, expected)
+    assert regions.key.tolist() == [0, 2, 3]
+    assert regions.pixels.tolist() == [0, 4, 1]

@@ -272,6 +272,36 @@ def test_maplandcover_matches_the_cli(provider, tmp_path, cli_landcover, landsat
             assert c.color.name() == expected.lower()
 
 
+def test_maplandcover_minimum_mapping_unit_matches_the_cli(
+    provider, tmp_path, landsat_image, main_cli, cli_landcover
+):
+    # The same minimum mapping unit through the GDAL backend and the CLI's rasterio backend:
+    # the same sieved class map, class areas and polygons.
+    cli_out = tmp_path / "cli"
+    done = main_cli("map-landcover", landsat_image, "-o", str(cli_out), "-q", "--polygons",
+                    "--min-area", "50000")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = _run(
+        "maplandcover",
+        {
+            "INPUT": landsat_image,
+            "MIN_AREA": 50000,
+            "OUTPUT": str(tmp_path / "landcover.tif"),
+            "OUTPUT_AREAS": str(tmp_path / "class_areas.csv"),
+            "OUTPUT_POLYGONS": str(tmp_path / "landcover.gpkg"),
+        },
+    )
+    np.testing.assert_array_equal(_array(result["OUTPUT"]), _array(str(cli_out / "landcover.tif")))
+    sieved = _array(result["OUTPUT"])
+    assert (sieved != _array(str(cli_landcover / "landcover.tif"))).any()  # it did sieve
+    with open(result["OUTPUT_AREAS"]) as f_ours, open(cli_out / "class_areas.csv") as f_cli:
+        assert [r[:3] for r in csv.reader(f_ours)] == [r[:3] for r in csv.reader(f_cli)]
+    ours, cli = _polygons(result["OUTPUT_POLYGONS"]), _polygons(str(cli_out / "landcover.gpkg"))
+    _assert_rows_match(ours, cli)
+    assert result["POLYGON_COUNT"] == len(ours) > 0
+    assert json.loads(result["SUMMARY"])["min_area_m2"] == 50000
+
+
 def test_modelinfo_reports_the_bundled_model(provider):
     import onnxruntime
 

@@ -90,6 +90,9 @@ def test_maplandcover_and_modelinfo_parameters(provider):
     )
     areas = landcover.parameterDefinition("OUTPUT_AREAS")
     assert areas.flags() & areas.FlagOptional
+    polygons = landcover.parameterDefinition("OUTPUT_POLYGONS")
+    assert polygons.flags() & polygons.FlagOptional and not polygons.createByDefault()
+    assert landcover.parameterDefinition("MIN_AREA").defaultValue() == 0.0
     info = provider.algorithm("modelinfo")
     assert [p.name() for p in info.parameterDefinitions()] == ["MODEL"]
     assert {o.name() for o in info.outputDefinitions()} >= {"METADATA", "MODEL_TYPE", "BANDS"}

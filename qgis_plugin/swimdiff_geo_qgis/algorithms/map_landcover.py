@@ -6,18 +6,22 @@ import json
 from typing import Any
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingContext,
+    QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
     QgsProcessingUtils,
 )
 
-from .. import styles
+from .. import dependencies, styles
 from .base import SwimdiffAlgorithm
 
 
@@ -44,7 +48,12 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             "Land cover: uint8 class ids on the image's grid, nodata 255, styled with the "
             "model's class colours and names. Class areas (optional): a CSV table with one row "
             "per class: class_id, class_name, pixels, area in m2 and ha, percent of the valid "
-            "area.\n\n"
+            "area. Polygons (optional): one GeoPackage polygon per connected same-class region, "
+            "with class_id, class_name, pixels and area_m2.\n\n"
+            "Minimum mapping unit (m2): every connected same-class region smaller than this "
+            "joins the neighbouring class it shares the longest edge with, in the land cover, "
+            "the class areas and the polygons alike (no holes); 0 keeps every pixel as "
+            "classified.\n\n"
             "Empty model: the bundled default (a 4-band Landsat model). The image must hold the "
             "bands the model expects, in its order (see Model information): "
             "named by band descriptions, or mapped with "
@@ -69,6 +78,15 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
         )
         stride.setFlags(stride.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(stride)
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                "MIN_AREA",
+                self.tr("Minimum mapping unit (m²)"),
+                type=QgsProcessingParameterNumber.Double,
+                defaultValue=0.0,
+                minValue=0.0,
+            )
+        )
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Land cover")))
         self.addParameter(
             QgsProcessingParameterFileDestination(
@@ -79,6 +97,16 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
                 createByDefault=False,
             )
         )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                "OUTPUT_POLYGONS",
+                self.tr("Land-cover polygons"),
+                type=QgsProcessing.TypeVectorPolygon,
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addOutput(QgsProcessingOutputNumber("POLYGON_COUNT", self.tr("Land-cover polygons")))
         self.addOutput(QgsProcessingOutputString("SUMMARY", self.tr("Run summary (JSON)")))
 
     def processAlgorithm(  # noqa: N802
@@ -87,7 +115,15 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
-        self.check_dependencies()
+        polygons = self.output_path(parameters, "OUTPUT_POLYGONS", context)
+        if polygons is not None and not polygons.lower().endswith(".gpkg"):
+            raise QgsProcessingException(
+                f"OUTPUT_POLYGONS: {polygons}: land-cover polygons are written as a GeoPackage "
+                "file; give a path ending in .gpkg"
+            )
+        min_area = self.parameterAsDouble(parameters, "MIN_AREA", context)
+        regions = polygons is not None or min_area > 0
+        self.check_dependencies(dependencies.POLYGON_MODULES if regions else None)
         from swimdiff_geo.inference.landcover import (
             LandcoverOptions,
             LandcoverOutputs,
@@ -105,6 +141,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             overlap=self.optional_double(parameters, "OVERLAP", context),
             bands=self.bands(parameters, context),
             stride=self.optional_int(parameters, "STRIDE", context),
+            min_area=min_area,
             overwrite=True,  # QGIS asked the user already; destinations are replaced
         )
         self.engine_origin(feedback)
@@ -112,7 +149,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             map_landcover,
             feedback,
             image=image,
-            outputs=LandcoverOutputs(landcover=landcover, areas_csv=areas),
+            outputs=LandcoverOutputs(landcover=landcover, areas_csv=areas, polygons=polygons),
             options=options,
         )
         # The engine wrote the class map's QML style (model colours and names) next to it.
@@ -134,5 +171,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
         return {
             "OUTPUT": landcover,
             "OUTPUT_AREAS": areas,
+            "OUTPUT_POLYGONS": polygons,
+            "POLYGON_COUNT": summary.get("polygons"),
             "SUMMARY": json.dumps(summary, default=str),
         }
