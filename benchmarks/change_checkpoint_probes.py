@@ -95,7 +95,7 @@ def main() -> None:
     suffix = " (flip TTA)" if args.tta else ""
     all_maps = []
     for name, task in zip(names, tasks, strict=False):
-        scaling = contract_scaling(task.hparams.contract)  # each model with its own inputs
+        scaling = BandScaling.from_contract(task.hparams.contract)  # each model with its own inputs
         maps = {s.name: (probabilities(task.model, s, scaling, args.tta), s.labels) for s in scenes}
         all_maps.append(maps)
         print(f"### {name}{suffix}\n")
@@ -106,12 +106,6 @@ def main() -> None:
         }
         print(f"### mean probability of {len(all_maps)} checkpoints{suffix}\n")
         print(f1_table(mean, thresholds) + "\n")
-
-
-def contract_scaling(contract: dict) -> BandScaling:
-    return BandScaling(
-        contract["input_scale"], contract["standardization_mean"], contract["standardization_std"]
-    )
 
 
 if __name__ == "__main__":

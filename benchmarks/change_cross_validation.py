@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from change_checkpoint_probes import contract_scaling, probabilities  # noqa: E402
+from change_checkpoint_probes import probabilities  # noqa: E402
 from cva_otsu_oscd import counts, score_cell, scores  # noqa: E402
 
-from swimdiff_geo.data.change import IGNORE_INDEX  # noqa: E402
+from swimdiff_geo.data.change import IGNORE_INDEX, BandScaling  # noqa: E402
 from swimdiff_geo.train.finetune import load_change_split, load_head_checkpoint  # noqa: E402
 
 BUNDLED_TRAIN = ["beihai", "beirut", "bercy", "cupertino", "paris", "pisa", "rennes"]
@@ -87,7 +87,7 @@ def main() -> None:
         task = load_head_checkpoint(run / "best.ckpt")
         if sorted(task.hparams.data_cfg["val"]) != sorted(val):
             raise SystemExit(f"{run}: validated on {task.hparams.data_cfg['val']}, not {val}")
-        scaling = contract_scaling(task.hparams.contract)
+        scaling = BandScaling.from_contract(task.hparams.contract)
         fold_total = np.zeros(3, np.int64)
         for scene in load_change_split(task.hparams.data_cfg, "val"):
             valid = scene.labels != IGNORE_INDEX

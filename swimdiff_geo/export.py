@@ -390,9 +390,7 @@ def real_windows(
         raise ExportError(
             f"{missing}: the training data recorded in the checkpoint is not here; pass --data"
         )
-    scaling = BandScaling(
-        contract.input_scale, contract.standardization_mean, contract.standardization_std
-    )
+    scaling = BandScaling.from_contract(contract)
     kind = cfg["kind"]
     model_data_type = source.extra.get("task")
     if kind in ("oscd", "manifest"):
@@ -658,9 +656,7 @@ def compare_with_fp32(
     if data is not None and cfg:
         cfg["path"] = str(data)
     report: dict[str, Any] = {}
-    scaling = BandScaling(
-        contract.input_scale, contract.standardization_mean, contract.standardization_std
-    )
+    scaling = BandScaling.from_contract(contract)
     if contract.model_type == "change_detection" and cfg:
         scenes = load_change_split(cfg, "val")
         q32 = evaluate_change(fp32, scenes, scaling, contract.tile_size, contract.threshold)["all"]

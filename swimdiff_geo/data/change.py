@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -69,6 +70,23 @@ class BandScaling:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     input_band_means: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_contract(cls, contract: Mapping[str, Any] | Any) -> BandScaling:
+        """The scaling a model contract records: a ``ModelContract`` or its dict form (the
+        ``contract`` of a fine-tuning checkpoint)."""
+
+        def get(key: str) -> Any:
+            if isinstance(contract, Mapping):
+                return contract.get(key)
+            return getattr(contract, key, None)
+
+        return cls(
+            float(get("input_scale") or 1.0),
+            list(get("standardization_mean") or []),
+            list(get("standardization_std") or []),
+            list(get("input_band_means") or []),
+        )
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Scale ``(..., C, H, W)`` raw values; C may be a multiple of the number of bands."""

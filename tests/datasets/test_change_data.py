@@ -67,6 +67,13 @@ def test_band_scaling_matches_the_engine_contract() -> None:
     engine = contract.scale(np.concatenate([image, image]).copy())
     np.testing.assert_allclose(ours, engine, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours[:13].mean(axis=(1, 2)), 0, atol=1e-3)
+    # read back from the contract, as export and the benchmarks do, and from its dict form
+    for recorded in (contract, {"input_scale": 1e-4, "standardization_mean": mean,
+                                "standardization_std": std}):  # fmt: skip
+        again = BandScaling.from_contract(recorded).apply(np.concatenate([image, image]))
+        np.testing.assert_array_equal(again, ours)
+    plain = BandScaling.from_contract(ModelContract("change_detection", S2_BANDS, 2, 32))
+    np.testing.assert_array_equal(plain.apply(image), image.astype(np.float32))
 
 
 def test_oscd_scenes_keep_band_subset_and_labels(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_checkpoint_carries_the_model_contract(trained: Path) -> None:
 def _full_scene_probabilities(ckpt: Path, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     task = load_head_checkpoint(ckpt)
     c = task.hparams.contract
-    scaling = BandScaling(c["input_scale"], c["standardization_mean"], c["standardization_std"])
+    scaling = BandScaling.from_contract(c)
     x = torch.from_numpy(scaling.apply(np.concatenate([a, b]))[None])
     with torch.no_grad():
         return torch.sigmoid(task.model(x))[0, 0].numpy()
