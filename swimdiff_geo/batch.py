@@ -519,14 +519,11 @@ def file_stamp(path: str | None) -> dict[str, Any] | None:
 
 def model_path_of(job: Job) -> str | None:
     """The model file the job runs: its ``model`` column, else the bundled default."""
-    from .inference.defaults import default_model_path, resolve_model_path
-
-    if job.options.get("model"):
-        return resolve_model_path(job.options["model"])
+    from .inference.defaults import model_path
 
     try:
-        return default_model_path(job.kind.model_type)
-    except SwimdiffError:
+        return model_path(job.options.get("model"), job.kind.model_type)
+    except SwimdiffError:  # no bundled default for this kind: the job itself will say so
         return None
 
 

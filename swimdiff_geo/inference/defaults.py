@@ -42,6 +42,12 @@ def default_model_path(model_type: str) -> str:
     return str(path)
 
 
+def model_path(model: str | None, model_type: str) -> str:
+    """The file a job runs: ``model`` (a path or a bundled model's name), else the bundled
+    default for ``model_type``."""
+    return resolve_model_path(model) if model else default_model_path(model_type)
+
+
 def default_backend():
     """The rasterio backend (imported lazily: QGIS passes its GDAL backend instead)."""
     from .io_rasterio import RasterioBackend

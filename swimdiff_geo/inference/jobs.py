@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from .areas import row_pixel_areas_m2
 from .contract import LoadedModel, load_model
-from .defaults import default_backend, default_model_path, resolve_model_path
+from .defaults import default_backend, model_path
 from .io import CrsInfo, Grid, PolygonLayer, RasterBackend, RasterSink, RasterSpec, Window
 from .outputs import OutputTransaction
 from .regions import label_scene_regions
@@ -73,10 +73,8 @@ def start_job(
     """Load the model (the bundled default when none is given) and resolve tiling options."""
     started = time.perf_counter()
     kinds = (model_type,) if isinstance(model_type, str) else model_type
-    model_path = (
-        resolve_model_path(options.model) if options.model else default_model_path(kinds[0])
-    )
-    model = cached_model(model_path, options.device, options.threads, kinds)
+    path = model_path(options.model, kinds[0])
+    model = cached_model(path, options.device, options.threads, kinds)
     tile = options.tile_size or model.contract.tile_size
     if tile < 8:
         raise ValueError(f"tile size must be >= 8 pixels, got {tile}")
