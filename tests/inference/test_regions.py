@@ -61,6 +61,15 @@ def whole_array_regions(keys):
     return reference, n
 
 
+def random_scene(rows, cols, density, n_keys, seed):
+    """Keys 1..n_keys on a ``density`` share of the pixels (0 elsewhere), and random values."""
+    rng = np.random.default_rng(seed)
+    keys = np.where(
+        rng.random((rows, cols)) < density, rng.integers(1, n_keys + 1, (rows, cols)), 0
+    )
+    return keys, rng.random((rows, cols))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     rows=st.integers(1, 50), cols=st.integers(1, 50), density=st.floats(0.05, 0.95),
@@ -70,11 +79,7 @@ def whole_array_regions(keys):
 def test_strips_find_the_regions_of_the_whole_array(
     rows, cols, density, n_keys, strip, min_pixels, seed
 ):
-    rng = np.random.default_rng(seed)
-    keys = np.where(
-        rng.random((rows, cols)) < density, rng.integers(1, n_keys + 1, (rows, cols)), 0
-    )
-    values = rng.random((rows, cols))
+    keys, values = random_scene(rows, cols, density, n_keys, seed)
     reference, n_reference = whole_array_regions(keys)
     sizes = np.bincount(reference.ravel(), minlength=n_reference + 1)
     kept_reference = np.isin(reference, np.flatnonzero(sizes >= max(min_pixels, 1))) & (
@@ -137,11 +142,7 @@ def touching_labels(labels):
 def test_merging_leaves_no_region_under_the_minimum_that_touches_another(
     rows, cols, density, n_keys, strip, min_pixels, seed
 ):
-    rng = np.random.default_rng(seed)
-    keys = np.where(
-        rng.random((rows, cols)) < density, rng.integers(1, n_keys + 1, (rows, cols)), 0
-    )
-    values = rng.random((rows, cols))
+    keys, values = random_scene(rows, cols, density, n_keys, seed)
     original, _ = whole_array_regions(keys)
     original_sizes = np.bincount(original.ravel())
     with tempfile.TemporaryDirectory() as folder:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -16,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
     QgsProviderRegistry,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -109,7 +111,43 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
 
+    def add_min_area_parameter(self, description: str) -> None:
+        """MIN_AREA in m^2 (default 0); what it does is the algorithm's (its description)."""
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                "MIN_AREA",
+                self.tr(description),
+                type=QgsProcessingParameterNumber.Double,
+                defaultValue=0.0,
+                minValue=0.0,
+            )
+        )
+
+    def add_polygons_parameter(self, description: str) -> None:
+        """OUTPUT_POLYGONS: an optional GeoPackage destination, off by default."""
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                "OUTPUT_POLYGONS",
+                self.tr(description),
+                type=QgsProcessing.TypeVectorPolygon,
+                optional=True,
+                createByDefault=False,
+            )
+        )
+
     # -- reading parameters -------------------------------------------------------------
+    def polygons_path(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, what: str
+    ) -> str | None:
+        """The OUTPUT_POLYGONS file (None when skipped); refused unless a GeoPackage."""
+        polygons = self.output_path(parameters, "OUTPUT_POLYGONS", context)
+        if polygons is not None and not polygons.lower().endswith(".gpkg"):
+            raise QgsProcessingException(
+                f"OUTPUT_POLYGONS: {polygons}: {what} are written as a GeoPackage file; give a "
+                "path ending in .gpkg"
+            )
+        return polygons
+
     def model_path(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         """The MODEL file, or None for the bundled default."""
         path = self.parameterAsFile(parameters, "MODEL", context)

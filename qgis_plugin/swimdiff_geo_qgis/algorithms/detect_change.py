@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -16,7 +15,6 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterVectorDestination,
 )
 
 from .. import dependencies, styles
@@ -76,15 +74,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
         )
         self.add_tiling_parameters()
         self.add_bands_parameter()
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                "MIN_AREA",
-                self.tr("Minimum change polygon area (m²)"),
-                type=QgsProcessingParameterNumber.Double,
-                defaultValue=0.0,
-                minValue=0.0,
-            )
-        )
+        self.add_min_area_parameter("Minimum change polygon area (m²)")
         self.addParameter(
             QgsProcessingParameterRasterDestination(
                 "OUTPUT_PROBABILITY", self.tr("Change probability")
@@ -93,15 +83,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
         self.addParameter(
             QgsProcessingParameterRasterDestination("OUTPUT_MASK", self.tr("Change mask"))
         )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                "OUTPUT_POLYGONS",
-                self.tr("Change polygons"),
-                type=QgsProcessing.TypeVectorPolygon,
-                optional=True,
-                createByDefault=False,
-            )
-        )
+        self.add_polygons_parameter("Change polygons")
         self.addOutput(QgsProcessingOutputNumber("CHANGED_AREA_HA", self.tr("Changed area (ha)")))
         self.addOutput(
             QgsProcessingOutputNumber("CHANGED_PERCENT", self.tr("Changed % of valid pixels"))
@@ -115,12 +97,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
-        polygons = self.output_path(parameters, "OUTPUT_POLYGONS", context)
-        if polygons is not None and not polygons.lower().endswith(".gpkg"):
-            raise QgsProcessingException(
-                f"OUTPUT_POLYGONS: {polygons}: change polygons are written as a GeoPackage "
-                "file; give a path ending in .gpkg"
-            )
+        polygons = self.polygons_path(parameters, context, "change polygons")
         self.check_dependencies(dependencies.POLYGON_MODULES if polygons else None)
         from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change
 

@@ -6,9 +6,7 @@ import json
 from typing import Any
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -17,7 +15,6 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterVectorDestination,
     QgsProcessingUtils,
 )
 
@@ -78,15 +75,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
         )
         stride.setFlags(stride.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(stride)
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                "MIN_AREA",
-                self.tr("Minimum mapping unit (m²)"),
-                type=QgsProcessingParameterNumber.Double,
-                defaultValue=0.0,
-                minValue=0.0,
-            )
-        )
+        self.add_min_area_parameter("Minimum mapping unit (m²)")
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Land cover")))
         self.addParameter(
             QgsProcessingParameterFileDestination(
@@ -97,15 +86,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
                 createByDefault=False,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                "OUTPUT_POLYGONS",
-                self.tr("Land-cover polygons"),
-                type=QgsProcessing.TypeVectorPolygon,
-                optional=True,
-                createByDefault=False,
-            )
-        )
+        self.add_polygons_parameter("Land-cover polygons")
         self.addOutput(QgsProcessingOutputNumber("POLYGON_COUNT", self.tr("Land-cover polygons")))
         self.addOutput(QgsProcessingOutputString("SUMMARY", self.tr("Run summary (JSON)")))
 
@@ -115,12 +96,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
-        polygons = self.output_path(parameters, "OUTPUT_POLYGONS", context)
-        if polygons is not None and not polygons.lower().endswith(".gpkg"):
-            raise QgsProcessingException(
-                f"OUTPUT_POLYGONS: {polygons}: land-cover polygons are written as a GeoPackage "
-                "file; give a path ending in .gpkg"
-            )
+        polygons = self.polygons_path(parameters, context, "land-cover polygons")
         min_area = self.parameterAsDouble(parameters, "MIN_AREA", context)
         regions = polygons is not None or min_area > 0
         self.check_dependencies(dependencies.POLYGON_MODULES if regions else None)
