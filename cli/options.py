@@ -65,9 +65,10 @@ min_area_option = click.option(
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
-    help="Minimum area in m^2. detect-change: smaller change regions get no polygon. "
-    "map-landcover: a minimum mapping unit, smaller regions join the neighbouring class they "
-    "share the longest edge with, in the class map, the class areas and the polygons.",
+    help="Minimum mapping unit in m^2. detect-change: smaller changed regions become no change "
+    "(mask, changed area, polygons; the probability keeps them). map-landcover: smaller regions "
+    "join the neighbouring class they share the longest edge with (class map, class areas, "
+    "polygons).",
 )
 bands_option = click.option(
     "--bands",

@@ -177,22 +177,37 @@ def detect_change(
                     f"no valid pixels: this date and {image_b} are nodata everywhere they overlap",
                 )
             n_polygons = None
-            if outputs.polygons:
+            if outputs.polygons or options.min_area > 0:
+                if options.min_area > 0:
+                    counter = AreaCounter(grid, crs, 2)  # recounted without the small regions
+
+                def without_small_regions(window: Window, keys: np.ndarray) -> None:
+                    # --min-area: changes under it are "no change" in the mask and the areas too
+                    valid = mask.sink.read(window) != MASK_NODATA
+                    changed = keys > 0
+                    mask.write(np.where(valid, changed, MASK_NODATA).astype(np.uint8)[None], window)
+                    counter.add(changed.astype(np.int64), window, valid)
+
                 layer, n_polygons = regions_layer(
-                    ctx,
-                    tx,
-                    lambda w: mask.sink.read(w) == 1,
-                    grid,
-                    crs,
-                    options.min_area,
-                    layer_name="change_polygons",
-                    mean_of=lambda w: probability.sink.read(w),
-                )
-                ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
+                    ctx, tx, lambda w: mask.sink.read(w) == 1, grid, crs, options.min_area,
+                    layer_name="change_polygons", mean_of=lambda w: probability.sink.read(w),
+                    final_keys=without_small_regions if options.min_area > 0 else None,
+                    polygons=bool(outputs.polygons),
+                )  # fmt: skip
+                if layer is not None:
+                    ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
             probability.finish()
             mask.finish()
             summary = _summary(
-                ctx, image_a, image_b, grid, threshold, options, counter, windows_run, n_polygons
+                ctx,
+                image_a,
+                image_b,
+                grid,
+                threshold,
+                options,
+                counter,
+                windows_run,
+                n_polygons if outputs.polygons else None,
             )
             if outputs.summary:
                 write_json(tx.temp(outputs.summary), summary)

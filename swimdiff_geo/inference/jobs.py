@@ -176,18 +176,18 @@ def regions_layer(
     mean_of: Callable[[Window], np.ndarray] | None = None,
     key_fields: Callable[[np.ndarray], dict[str, tuple[np.ndarray, str]]] | None = None,
     small_regions: Literal["drop", "merge"] = "drop",
-    merged_keys: Callable[[Window, np.ndarray], None] | None = None,
+    final_keys: Callable[[Window, np.ndarray], None] | None = None,
     polygons: bool = True,
 ) -> tuple[PolygonLayer | None, int]:
     """8-connected regions of equal key at least ``min_area_m2``, with areas and mean values.
 
     ``read_keys(strip_window)`` gives the keys (0 = background; see
     :func:`~swimdiff_geo.inference.regions.label_scene_regions`, also for ``small_regions``
-    and ``merged_keys``); ``mean_of(strip_window)`` the per-pixel value to average per region
+    and ``final_keys``); ``mean_of(strip_window)`` the per-pixel value to average per region
     (the change probability); ``key_fields(keys)`` turns the regions' keys into attribute
     columns (e.g. the class id), placed after ``region_id``. The labels go to scratch rasters
     of ``tx`` strip by strip, so memory does not grow with the scene's height. Returns the layer
-    (None with ``polygons=False``: only ``merged_keys`` is wanted) and its number of regions.
+    (None with ``polygons=False``: only ``final_keys`` is wanted) and its number of regions.
     """
     if crs is None and min_area_m2 > 0:
         ctx.log("warning: --min-area ignored: the inputs are not georeferenced (no areas)")
@@ -200,7 +200,7 @@ def regions_layer(
         try:
             regions = label_scene_regions(
                 read_keys, grid, crs, min_area_m2, provisional, labels, values_of=mean_of,
-                small_regions=small_regions, merged_keys=merged_keys,
+                small_regions=small_regions, final_keys=final_keys,
             )  # fmt: skip
         finally:
             if labels is not None:

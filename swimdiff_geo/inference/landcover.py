@@ -177,7 +177,8 @@ def map_landcover(
             if outputs.polygons or options.min_area > 0:
                 # The minimum mapping unit: regions under --min-area join their neighbour in the
                 # class map, so the map, the class areas and the polygons agree (no holes).
-                counter = AreaCounter(grid, crs, max(class_ids) + 1)
+                if options.min_area > 0:
+                    counter = AreaCounter(grid, crs, max(class_ids) + 1)  # recounted
                 layer, n_polygons = _class_regions(
                     classes, grid, crs, options, names, ctx, tx, counter, bool(outputs.polygons)
                 )
@@ -278,8 +279,9 @@ def _run_patch_classifier(
 
 def _class_regions(classes, grid, crs, options, names, ctx, tx, counter, polygons):
     """8-connected same-class regions, those under ``options.min_area`` merged into their
-    neighbour: rewrites the class map in place, recounts it into ``counter`` and returns the
-    polygon layer (None without ``polygons``) and its number of regions."""
+    neighbour: with a minimum area, rewrites the class map in place and recounts it into
+    ``counter``; returns the polygon layer (None without ``polygons``) and its number of
+    regions."""
 
     def class_keys(window: Window) -> np.ndarray:
         # class id + 1 as the region key: 0 is background (nodata), and classes never merge
@@ -296,7 +298,8 @@ def _class_regions(classes, grid, crs, options, names, ctx, tx, counter, polygon
 
     layer, n = regions_layer(
         ctx, tx, class_keys, grid, crs, options.min_area, layer_name="landcover",
-        key_fields=class_fields, small_regions="merge", merged_keys=rewrite, polygons=polygons,
+        key_fields=class_fields, small_regions="merge",
+        final_keys=rewrite if options.min_area > 0 else None, polygons=polygons,
     )  # fmt: skip
     if layer is None:
         return None, n

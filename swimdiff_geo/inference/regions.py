@@ -58,7 +58,7 @@ def label_scene_regions(
     values_of: Callable[[Window], np.ndarray] | None = None,
     strip_rows: int = 256,
     small_regions: Literal["drop", "merge"] = "drop",
-    merged_keys: Callable[[Window, np.ndarray], None] | None = None,
+    final_keys: Callable[[Window, np.ndarray], None] | None = None,
 ) -> SceneRegions:
     """Label the 8-connected regions of equal, non-zero key and write them to ``final``.
 
@@ -71,7 +71,7 @@ def label_scene_regions(
         min_area_m2: regions smaller than this are dropped or merged (``small_regions``).
         provisional: an int32 scratch raster on ``grid`` (written, then read back).
         final: an int32 raster on ``grid`` that receives the region numbers (0 = background),
-            or None when only ``merged_keys`` is wanted.
+            or None when only ``final_keys`` is wanted.
         values_of: ``values_of(window)`` returns per-pixel values to sum per region (e.g. the
             change probability, for a mean).
         strip_rows: rows per strip; memory grows with ``strip_rows * grid.width`` (a 256-row
@@ -80,9 +80,9 @@ def label_scene_regions(
             ``merge``: it joins the neighbouring region it shares the longest edge with and
             takes its key (see :func:`merge_small_regions`); a region with no neighbour (an
             island in background) is kept whatever its area.
-        merged_keys: with ``merge``, ``merged_keys(window, keys)`` receives every strip's keys
-            after merging, ``(rows, cols)`` int64, 0 where the input key was 0 (to rewrite a
-            class map so that it agrees with the polygons).
+        final_keys: ``final_keys(window, keys)`` receives every strip's keys once the small
+            regions are dropped (0) or merged, ``(rows, cols)`` int64, 0 wherever the input key
+            was 0 (to rewrite a mask or class map so that it agrees with the polygons).
 
     Returns:
         The kept regions' keys, pixel counts, areas and value sums.
@@ -190,14 +190,14 @@ def label_scene_regions(
     final_number = np.zeros(n_regions + 1, np.int32)
     final_number[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     final_of_provisional = final_number[region_of]
-    key_of_provisional = region_key[region_of]
+    key_of_provisional = np.where(keep, region_key, 0)[region_of]
     for top in range(0, grid.height, strip_rows):
         window = Window(0, top, width, min(strip_rows, grid.height - top))
         strip_labels = provisional.read(window)
         if final is not None:
             final.write(final_of_provisional[strip_labels][None], window)
-        if merged_keys is not None:
-            merged_keys(window, key_of_provisional[strip_labels])
+        if final_keys is not None:
+            final_keys(window, key_of_provisional[strip_labels])
 
     kept = np.concatenate([[0], np.flatnonzero(keep)])
     return SceneRegions(

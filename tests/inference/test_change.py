@@ -11,6 +11,7 @@ import fiona
 import numpy as np
 import pytest
 import rasterio
+from rasterio.features import rasterize
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change
@@ -121,12 +122,35 @@ def test_polygon_areas_add_up_to_the_changed_area(landsat_pair, landsat_change_m
 
 
 def test_min_area_drops_small_regions(landsat_pair, landsat_change_model, tmp_path):
-    _, all_regions = _run(*landsat_pair, tmp_path / "all", landsat_change_model)
+    every, all_regions = _run(*landsat_pair, tmp_path / "all", landsat_change_model)
     outputs, large = _run(*landsat_pair, tmp_path / "large", landsat_change_model,
                           min_area=200_000.0)  # fmt: skip
     assert 0 < large["polygons"] < all_regions["polygons"]
     with fiona.open(outputs.polygons) as layer:
-        assert min(f["properties"]["area_m2"] for f in layer) >= 200_000.0
+        features = list(layer)
+        assert min(f["properties"]["area_m2"] for f in features) >= 200_000.0
+    # the small changes are "no change" in the mask and the changed area too; the probability
+    # keeps them, and the polygons cover exactly the mask's changed pixels
+    with rasterio.open(every.mask) as a, rasterio.open(outputs.mask) as b:
+        mask_all, mask_large, transform = a.read(1), b.read(1), b.transform
+    with rasterio.open(every.probability) as a, rasterio.open(outputs.probability) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    np.testing.assert_array_equal(mask_large == 255, mask_all == 255)
+    assert ((mask_large == 1) <= (mask_all == 1)).all() and (mask_large != mask_all).any()
+    burnt = rasterize([(f["geometry"], 1) for f in features], out_shape=mask_large.shape,
+                      transform=transform, fill=0, dtype="uint8")  # fmt: skip
+    np.testing.assert_array_equal(burnt == 1, mask_large == 1)
+    assert large["pixels"]["changed"] == int((mask_large == 1).sum())
+    polygon_area = sum(f["properties"]["area_m2"] for f in features)
+    assert large["changed_area_m2"] == pytest.approx(polygon_area)
+    assert large["pixels"]["valid"] == all_regions["pixels"]["valid"]
+    # without polygons, the same mask and summary numbers
+    no_polygons = ChangeOutputs.in_dir(str(tmp_path / "mask_only"), polygons=False)
+    options = ChangeOptions(model=str(landsat_change_model), min_area=200_000.0)
+    summary = detect_change(*map(str, landsat_pair), no_polygons, options)
+    with rasterio.open(no_polygons.mask) as c:
+        np.testing.assert_array_equal(c.read(1), mask_large)
+    assert summary["pixels"] == large["pixels"] and summary["polygons"] is None
 
 
 def test_nodata_in_either_date_is_nodata_in_every_output(

@@ -21,8 +21,8 @@ PIXEL_AREA_M2 = 100.0  # 10 m pixels
 
 
 def label_on_disk(keys, values, strip_rows, min_area_m2, folder: Path, small_regions="drop"):
-    """Run label_scene_regions over ``keys`` with rasterio sinks; return regions and labels
-    (with ``small_regions="merge"`` also the merged keys, assembled from the strips)."""
+    """Run label_scene_regions over ``keys`` with rasterio sinks; return the regions, the labels
+    and the final keys (small regions dropped or merged), assembled from the strips."""
     rows, cols = keys.shape
     grid = Grid(cols, rows, (500000.0, 10.0, 0.0, 5000000.0, 0.0, -10.0), UTM33)
     backend = RasterioBackend()
@@ -35,19 +35,19 @@ def label_on_disk(keys, values, strip_rows, min_area_m2, folder: Path, small_reg
 
     merged = np.full(keys.shape, -1, np.int64)
 
-    def merged_keys(w, strip):
+    def final_keys(w, strip):
         merged[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] = strip
 
     regions = label_scene_regions(
         window_of(keys), grid, CrsInfo(is_geographic=False), min_area_m2, provisional, final,
         values_of=window_of(values), strip_rows=strip_rows, small_regions=small_regions,
-        merged_keys=merged_keys if small_regions == "merge" else None,
+        final_keys=final_keys,
     )  # fmt: skip
     provisional.close()
     final.close()
     with rasterio.open(folder / "labels.tif") as labels:
         found = labels.read(1).astype(np.int64)
-    return (regions, found, merged) if small_regions == "merge" else (regions, found)
+    return regions, found, merged
 
 
 def whole_array_regions(keys):
@@ -87,12 +87,13 @@ def test_strips_find_the_regions_of_the_whole_array(
     )
 
     with tempfile.TemporaryDirectory() as folder:
-        regions, labels = label_on_disk(
+        regions, labels, final_keys = label_on_disk(
             keys, values, strip, min_pixels * PIXEL_AREA_M2, Path(folder)
         )
 
     # the same regions: labelled exactly where the kept reference regions are, one to one
     assert ((labels > 0) == kept_reference).all()
+    np.testing.assert_array_equal(final_keys, np.where(kept_reference, keys, 0))
     pairs = np.unique(np.stack([labels[kept_reference], reference[kept_reference]]), axis=1)
     assert pairs.shape[1] == regions.count
     assert len(np.unique(pairs[0])) == regions.count == len(np.unique(pairs[1]))
@@ -113,7 +114,7 @@ def test_regions_crossing_strip_edges_at_corners_join_and_keys_never_merge(tmp_p
     keys[np.arange(40), np.arange(40)] = 1
     keys[:, 40:] = 2
     values = np.where(keys == 1, 0.25, 0.75)
-    regions, labels = label_on_disk(keys, values, 3, 0.0, tmp_path)
+    regions, labels, _ = label_on_disk(keys, values, 3, 0.0, tmp_path)
     assert regions.count == 2
     assert regions.key.tolist() == [0, 1, 2]  # numbered by first pixel: the line starts at (0, 0)
     assert regions.pixels.tolist() == [0, 40, 80]

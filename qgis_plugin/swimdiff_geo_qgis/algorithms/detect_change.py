@@ -46,9 +46,11 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
             "named by band descriptions, or mapped with "
             "the advanced BANDS parameter.\n\n"
             "Change probability: float32 in [0, 1], nodata -1. Change mask: 1 = change, "
-            "0 = no change, 255 = nodata; a pixel is change where probability >= threshold. "
-            "Change polygons (optional): one polygon per 8-connected changed region of at "
-            "least the minimum area, with its area in m2 and mean probability.\n\n"
+            "0 = no change, 255 = nodata; a pixel is change where probability >= threshold, "
+            "in an 8-connected changed region of at least the minimum area (smaller regions are "
+            "no change in the mask, the changed area and the polygons). Change polygons "
+            "(optional): one polygon per changed region, with its area in m2 and mean "
+            "probability.\n\n"
             "Empty model, threshold, tile size or overlap: the values in the model's metadata "
             "(the bundled default model is a Sentinel-2 13-band model).\n\n"
             "Same engine and same pixels as the command line: swimdiff-geo detect-change."
@@ -74,7 +76,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
         )
         self.add_tiling_parameters()
         self.add_bands_parameter()
-        self.add_min_area_parameter("Minimum change polygon area (m²)")
+        self.add_min_area_parameter("Minimum change area (m²)")
         self.addParameter(
             QgsProcessingParameterRasterDestination(
                 "OUTPUT_PROBABILITY", self.tr("Change probability")
