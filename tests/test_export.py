@@ -88,7 +88,7 @@ def test_parity_check_catches_a_different_graph(change_ckpt: Path, tmp_path: Pat
     source = load_export_source(change_ckpt)
     out = export_onnx(source, tmp_path / "change.onnx", exporter="torchscript")
     windows = real_windows(source, "val", 2)
-    assert windows.shape == (2, 26, 32, 32)  # 2 of the 4 tiles of the 45 x 46 validation city
+    assert windows.shape == (2, 26, 32, 32)  # 2 of the 4 tiles of the 48 x 48 validation city
     report = check_parity(source, out, windows, print_fn=lambda s: None)
     assert report["max_abs_diff"] <= 1e-4
     with torch.no_grad():  # now PyTorch differs from the exported file

@@ -11,11 +11,15 @@ Layout (Daudt et al., 2018)::
 Quirks handled here (see /work/shared/data/README.md):
 
 - One GeoTIFF per band at its native 10/20/60 m; the pre-resampled ``imgs_*_rect`` folders are
-  not used. Every band is resampled (bilinear, pixel centres mapped through the geotransforms)
-  onto the 10 m grid of B02 of the same date.
-- For some cities (saclay_e, abudhabi, hongkong) the second date is 2-9 px smaller than the
-  first while covering the same footprint. As in the original benchmark, both dates are cropped
-  by pixel index to the common (smaller) shape; the reported ``transform`` is date 1's B02 grid.
+  not used. Every band of both dates is resampled (bilinear, pixel centres mapped through the
+  geotransforms) onto the 10 m grid of date 1's B02, the grid of the labels.
+- For some cities (saclay_e, abudhabi, hongkong) the second date has 2-9 px fewer rows and
+  columns than the first over the same footprint: its pixels are larger (saclay_e: 679 x 631
+  against 688 x 639, 1.3 % larger). Resampling through the geotransforms registers it. Cropping
+  both dates by pixel index to the smaller shape, as the original benchmark's loader does (it
+  pads date 2 instead), shifts date 2 against date 1 by up to 7 px at saclay_e's far corner
+  (phase correlation of B08 in 96 px windows: 0 px at the top left, 7 px at the bottom right;
+  0 px everywhere once resampled).
 - Label rasters hold 1 = no change, 2 = change (the dataset README says 0/1; it is wrong) and
   carry no georeferencing; they lie on date 1's 10 m grid. They are returned as 0/1.
 """
@@ -197,10 +201,8 @@ class OSCDCity:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """``(H, W)`` of the common 10 m grid: B02 of both dates, cropped to the smaller."""
-        (h1, w1), _ = self._grids[1]
-        (h2, w2), _ = self._grids[2]
-        return min(h1, h2), min(w1, w2)
+        """``(H, W)`` of the common 10 m grid: date 1's B02 grid, which both dates are read on."""
+        return self._grids[1][0]
 
     @property
     def transform(self) -> rasterio.Affine:
@@ -221,14 +223,15 @@ class OSCDCity:
                 None reads the whole common extent.
 
         Returns:
-            float32 ``(13, h, w)``, bands in :attr:`bands` order; 20 m and 60 m bands bilinearly
-            resampled onto the B02 grid of that date.
+            float32 ``(13, h, w)``, bands in :attr:`bands` order; every band whose grid is not
+            date 1's B02 grid (20 m and 60 m bands, and date 2 where its grid differs)
+            bilinearly resampled onto it.
         """
         if date not in (1, 2):
             raise ValueError(f"date must be 1 or 2, not {date!r}")
         win = _as_window(window, self.shape, self.name)
         r0, c0, h, w = int(win.row_off), int(win.col_off), int(win.height), int(win.width)
-        (_, ref_transform) = self._grids[date]
+        ref_transform = self.transform
         out = np.empty((len(self.bands), h, w), np.float32)
         for i, band in enumerate(self.bands):
             path = self._band_paths[date][band]

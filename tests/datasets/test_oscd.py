@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from swimdiff_geo.data.oscd import (
@@ -93,25 +95,39 @@ def test_dates_bands_and_grid() -> None:
         assert city.transform == b02.transform
 
 
-def test_second_date_smaller_is_cropped_to_common_extent() -> None:
+def test_second_date_on_a_coarser_grid_is_registered_onto_the_first() -> None:
+    # saclay_e's date 2 covers the same footprint with larger pixels (the real quirk): it is
+    # resampled through the geotransforms onto date 1's B02 grid, the grid of the labels.
     city = OSCDCity(OSCD_MINI, "saclay_e")
     with rasterio.open(next((city.city_dir / "imgs_1").glob("*_B02.tif"))) as b1:
-        shape1 = (b1.height, b1.width)
-    with rasterio.open(next((city.city_dir / "imgs_2").glob("*_B02.tif"))) as b2:
-        shape2 = (b2.height, b2.width)
-    assert shape2[0] < shape1[0] and shape2[1] < shape1[1]
-    assert city.shape == (min(shape1[0], shape2[0]), min(shape1[1], shape2[1]))
+        grid1 = (b1.height, b1.width), b1.transform, b1.crs
+    b2_path = next((city.city_dir / "imgs_2").glob("*_B02.tif"))
+    with rasterio.open(b2_path) as b2:
+        assert abs(b2.transform.a) > abs(grid1[1].a) * 1.01  # date 2's pixels are larger
+        raw2, transform2 = b2.read(1).astype(np.float32), b2.transform
+    assert city.shape == grid1[0] and city.transform == grid1[1]
     for date in (1, 2):
         assert city.read(date).shape == (13, *city.shape)
+    # independent reference: GDAL's bilinear warp of date 2's B02 onto date 1's grid
+    expected = np.zeros(city.shape, np.float32)
+    reproject(raw2, expected, src_transform=transform2, src_crs=grid1[2],
+              dst_transform=grid1[1], dst_crs=grid1[2], resampling=Resampling.bilinear)  # fmt: skip
+    ours = city.read(2)[city.bands.index("B02")]
+    inner = (slice(2, -2), slice(2, -2))  # GDAL and the reader treat the outer pixels apart
+    np.testing.assert_allclose(ours[inner], expected[inner], rtol=0, atol=1.0)
+    # by pixel index (the original loader's crop) date 2 would be off: a visible difference
+    assert (
+        np.abs(raw2[:48, :48][inner] - expected[inner]).mean()
+        > 5 * np.abs(ours[inner] - expected[inner]).mean()
+    )
 
 
-@pytest.mark.parametrize("name", MINI_CITIES)
-def test_10m_bands_are_read_unchanged(name: str) -> None:
+@pytest.mark.parametrize(("name", "date"), [("beihai", 1), ("beihai", 2), ("saclay_e", 1)])
+def test_10m_bands_on_the_common_grid_are_read_unchanged(name: str, date: int) -> None:
     city = OSCDCity(OSCD_MINI, name)
-    data = city.read(2)
-    h, w = city.shape
-    with rasterio.open(next((city.city_dir / "imgs_2").glob("*_B04.tif"))) as src:
-        raw = src.read(1)[:h, :w].astype(np.float32)
+    data = city.read(date)
+    with rasterio.open(next((city.city_dir / f"imgs_{date}").glob("*_B04.tif"))) as src:
+        raw = src.read(1).astype(np.float32)
     np.testing.assert_array_equal(data[city.bands.index("B04")], raw)
     assert data.dtype == np.float32
 

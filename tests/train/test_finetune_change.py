@@ -19,7 +19,7 @@ from swimdiff_geo.data.oscd import OSCDCity
 from swimdiff_geo.inference.contract import load_model
 from swimdiff_geo.train.finetune import epoch_history, finetune_change, load_head_checkpoint
 from tests.datasets.test_change_data import write_city_pair
-from tests.datasets.test_oscd import build_oscd_labelled
+from tests.datasets.test_oscd import OSCD_MINI, build_oscd_labelled
 
 TINY = ["--epochs", "1", "--batch-size", "4", "--crop-size", "32", "--samples-per-epoch", "4",
         "--val-tile", "48"]  # fmt: skip
@@ -32,7 +32,7 @@ def oscd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(oscd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One epoch through the CLI: train on beihai, validate on saclay_e (the smaller date 2)."""
+    """One epoch through the CLI: train on beihai, validate on saclay_e (a coarser date 2)."""
     out = tmp_path_factory.mktemp("run")
     result = CliRunner().invoke(
         cli,
@@ -54,8 +54,9 @@ def test_run_writes_checkpoints_logs_and_metrics(trained: Path) -> None:
     assert summary["data"]["train"] == ["beihai"] and summary["data"]["val"] == ["saclay_e"]
     assert summary["radiometric_jitter"] == 0.1 and summary["encoder_lr_mult"] == 0.5
     scores = summary["per_scene"]["saclay_e"]
-    # Every pixel of the 45 x 46 validation city counted exactly once.
-    assert scores["tp"] + scores["fp"] + scores["tn"] + scores["fn"] == 45 * 46
+    # Every pixel of the validation city counted exactly once.
+    h, w = OSCDCity(OSCD_MINI, "saclay_e").shape
+    assert scores["tp"] + scores["fp"] + scores["tn"] + scores["fn"] == h * w
     assert summary["per_scene"]["all"]["f1"] == pytest.approx(scores["f1"])
     # The per-epoch torchmetrics F1 over all validation pixels is the same number.
     assert summary["best"]["val_f1"] == pytest.approx(scores["f1"], abs=1e-6)
@@ -91,7 +92,7 @@ def test_export_and_engine_reproduce_pytorch(trained: Path, tmp_path: Path) -> N
     report = json.loads((tmp_path / "change.export.json").read_text())
     assert report["parity"]["max_abs_diff"] <= 1e-4
 
-    # The engine on GeoTIFFs of the validation city: one 48 px window covers the 45 x 46 city.
+    # The engine on GeoTIFFs of the validation city: one 48 px window covers the 48 x 48 city.
     a, b, _ = write_city_pair("saclay_e", tmp_path / "pair")
     outputs = ChangeOutputs.in_dir(str(tmp_path / "engine"), polygons=True)
     summary = detect_change(str(a), str(b), outputs, ChangeOptions(model=str(onnx_path)))
@@ -101,7 +102,7 @@ def test_export_and_engine_reproduce_pytorch(trained: Path, tmp_path: Path) -> N
         reference = _full_scene_probabilities(
             trained / "best.ckpt", sa.read().astype(np.float32), sb.read().astype(np.float32)
         )
-    assert engine_prob.shape == reference.shape == (45, 46)
+    assert engine_prob.shape == reference.shape == (48, 48)
     # Window padding may differ from PyTorch's whole-scene run near the edges only.
     inner = np.s_[8:-8, 8:-8]
     assert np.abs(engine_prob[inner] - reference[inner]).max() < 0.05

@@ -2,11 +2,12 @@
 
 Usage: python tests/data/oscd_mini/make_oscd_mini.py /work/shared/data/oscd
 
-Cuts a 48 x 48 px (10 m) window per city from every band file of both dates, each band cropped
-to the matching footprint on its own 10/20/60 m grid, keeping file names, dates.txt and the
-OSCD folder layout. For saclay_e the second date is cut 3 rows and 2 columns smaller, like the
-real data (whose date 2 is 8-9 px smaller). Then writes our own change labels (see
-own_labels/README.md): a thresholded change-vector magnitude, not the OSCD labels.
+Cuts the footprint of a 48 x 48 px window of date 1's 10 m B02 grid from every band file of
+both dates, each band cropped to that footprint on its own 10/20/60 m grid (rounded outwards),
+keeping file names, dates.txt and the OSCD folder layout. saclay_e's second date has larger
+pixels over the same footprint (the real quirk: 679 x 631 px against 688 x 639), so its crop
+has its own grid too. Then writes our own change labels (see own_labels/README.md): a
+thresholded change-vector magnitude, not the OSCD labels.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ IMAGES = "Onera Satellite Change Detection dataset - Images"
 # city -> (row_off, col_off) of the 48 x 48 crop on the B02 grid; windows with urban change.
 CROPS = {"beihai": (504, 576), "saclay_e": (360, 408)}
 SIZE = 48
-SMALLER_DATE2 = {"saclay_e": (3, 2)}  # rows, cols fewer in date 2
 
 
 def crop_band(
@@ -61,15 +61,16 @@ def main(oscd_root: str) -> None:
     for city, (r0, c0) in CROPS.items():
         (dst_images / city).mkdir(parents=True, exist_ok=True)
         shutil.copy(src_images / city / "dates.txt", dst_images / city / "dates.txt")
+        with rasterio.open(next((src_images / city / "imgs_1").glob("*_B02.tif"))) as b02:
+            ref = b02.transform  # the footprint: a window of date 1's B02 grid, both dates
         for date in (1, 2):
             folder = src_images / city / f"imgs_{date}"
             out = dst_images / city / f"imgs_{date}"
-            out.mkdir(exist_ok=True)
-            with rasterio.open(next(folder.glob("*_B02.tif"))) as b02:
-                ref = b02.transform
-            dh, dw = SMALLER_DATE2.get(city, (0, 0)) if date == 2 else (0, 0)
+            if out.is_dir():
+                shutil.rmtree(out)
+            out.mkdir()
             for path in sorted(folder.glob("*_B*.tif")):
-                crop_band(path, out / path.name, ref, r0, c0, SIZE - dh, SIZE - dw)
+                crop_band(path, out / path.name, ref, r0, c0, SIZE, SIZE)
     make_own_labels()
 
 
