@@ -9,6 +9,11 @@
     python benchmarks/change_checkpoint_probes.py A/best.ckpt B/best.ckpt --soup
     # each checkpoint, then the mean of their probabilities (an ensemble)
     python benchmarks/change_checkpoint_probes.py A/best.ckpt B/best.ckpt --ensemble
+    # one Markdown row per checkpoint at threshold 0.5: F1 per city, pooled P / R / F1 (the
+    # attempts table of docs/results.md); --patch for checkpoints of a change_recipe_probes idea
+    python benchmarks/change_checkpoint_probes.py A/best.ckpt B/best.ckpt --rows
+    python benchmarks/change_checkpoint_probes.py runs/exp/fc_siam_diff/best.ckpt --rows \
+        --patch fc-siam-diff
 
 The validation cities, bands and scaling are the first checkpoint's (its data description and
 model contract), read from the data folder it was trained on. PyTorch, not the engine: these are
@@ -49,6 +54,19 @@ def probabilities(model: torch.nn.Module, scene, scaling: BandScaling, tta: bool
     return prob
 
 
+def validation_counts(checkpoint: Path) -> dict[str, np.ndarray]:
+    """Confusion counts (tp, fp, fn) per validation scene of a fine-tuning checkpoint, scored
+    now, on the data as the reader reads it today (PyTorch on 256 px tiles, threshold 0.5)."""
+    task = load_head_checkpoint(checkpoint)
+    scaling = BandScaling.from_contract(task.hparams.contract)
+    found = {}
+    for scene in load_change_split(task.hparams.data_cfg, "val"):
+        valid = scene.labels != IGNORE_INDEX
+        prob = probabilities(task.model, scene, scaling, tta=False)
+        found[scene.name] = counts((prob >= 0.5) & valid, (scene.labels == 1) & valid)
+    return found
+
+
 def f1_table(maps: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: list[float]) -> str:
     names = list(maps)
     lines = ["| threshold | " + " | ".join(names) + " | pooled |", "|---" * (len(names) + 2) + "|"]
@@ -72,10 +90,28 @@ def main() -> None:
     parser.add_argument(
         "--ensemble", action="store_true", help="also score the mean of the probabilities"
     )
+    parser.add_argument("--rows", action="store_true", help="one table row per checkpoint")
+    parser.add_argument(
+        "--patch", choices=["no-input-difference", "fc-siam-diff"], default=None,
+        help="the change_recipe_probes idea the checkpoints were trained with",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.patch:
+        import change_recipe_probes
+
+        {"no-input-difference": change_recipe_probes.without_input_difference,
+         "fc-siam-diff": change_recipe_probes.with_fc_siam_diff}[args.patch]()  # fmt: skip
+    if args.rows:
+        for checkpoint in args.checkpoints:
+            per_city = validation_counts(Path(checkpoint))
+            pooled = scores(sum(per_city.values()))
+            cells = " | ".join(f"{scores(c)['f1']:.3f}" for c in per_city.values())
+            print(f"| {checkpoint} | {cells} | {pooled['precision']:.3f} | "
+                  f"{pooled['recall']:.3f} | {pooled['f1']:.3f} |", flush=True)  # fmt: skip
+        return
     tasks = [load_head_checkpoint(c) for c in args.checkpoints]
     scenes = load_change_split(tasks[0].hparams.data_cfg, "val")
     thresholds = [float(t) for t in args.thresholds.split(",")]

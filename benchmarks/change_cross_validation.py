@@ -29,11 +29,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from change_checkpoint_probes import probabilities  # noqa: E402
-from cva_otsu_oscd import counts, score_cell, scores  # noqa: E402
-
-from swimdiff_geo.data.change import IGNORE_INDEX, BandScaling  # noqa: E402
-from swimdiff_geo.train.finetune import load_change_split, load_head_checkpoint  # noqa: E402
+from change_checkpoint_probes import validation_counts  # noqa: E402
+from cva_otsu_oscd import score_cell, scores  # noqa: E402
 
 BUNDLED_TRAIN = ["beihai", "beirut", "bercy", "cupertino", "paris", "pisa", "rennes"]
 BUNDLED_VAL = ["bordeaux", "mumbai", "saclay_e"]
@@ -84,16 +81,12 @@ def main() -> None:
     for k, (train, val) in enumerate(folds(), start=1):
         run = args.runs / f"fold{k}"
         train_fold(args.data, train, val, args.encoder, run, args.threads)
-        task = load_head_checkpoint(run / "best.ckpt")
-        if sorted(task.hparams.data_cfg["val"]) != sorted(val):
-            raise SystemExit(f"{run}: validated on {task.hparams.data_cfg['val']}, not {val}")
-        scaling = BandScaling.from_contract(task.hparams.contract)
+        per_city = validation_counts(run / "best.ckpt")
+        if sorted(per_city) != sorted(val):
+            raise SystemExit(f"{run}: validated on {sorted(per_city)}, not {sorted(val)}")
         fold_total = np.zeros(3, np.int64)
-        for scene in load_change_split(task.hparams.data_cfg, "val"):
-            valid = scene.labels != IGNORE_INDEX
-            prob = probabilities(task.model, scene, scaling, tta=False)
-            c = counts((prob >= 0.5) & valid, (scene.labels == 1) & valid)
-            rows.append(f"| {k} | {scene.name} | {int(c[0] + c[2])} | {cell(c)} |")
+        for name, c in per_city.items():
+            rows.append(f"| {k} | {name} | {int(c[0] + c[2])} | {cell(c)} |")
             fold_total += c
         rows.append(f"| {k} | **pooled** | {int(fold_total[0] + fold_total[2])} | "
                     f"**{cell(fold_total)}** |")  # fmt: skip

@@ -11,7 +11,10 @@ training cities and scored on the validation cities at threshold 0.5.
 
 Resumable: each pretraining resumes from its last.ckpt, each fine-tuning from its last.ckpt, and
 finished runs (encoder.pt / metrics.json present) are skipped; run it again after an interruption.
-``--phase table`` only rewrites the table from finished runs.
+``--phase table`` only rewrites the table from finished runs. The table scores each run's
+best.ckpt anew on the validation cities as the OSCD reader reads them now (PyTorch on 256 px
+tiles, threshold 0.5), so it follows fixes to the reader; which epoch is the best one was chosen
+by the run itself.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from change_checkpoint_probes import validation_counts  # noqa: E402
 from cva_otsu_oscd import counts, cva_otsu_mask, score_cell, scores  # noqa: E402
 
 TRAIN_CITIES = "beihai,beirut,bercy,cupertino,paris,pisa,rennes"
@@ -142,12 +146,13 @@ def table_rows(args: argparse.Namespace) -> list[str]:
                     f"| {label} | {seed} | " + " | ".join("not run" for _ in cities) + " | | | |"
                 )
                 continue
-            per_scene = json.loads((run_dir / "metrics.json").read_text())["per_scene"]
+            per_city = validation_counts(run_dir / "best.ckpt")
             ft_s = json.loads((run_dir / "wall_time.json").read_text())["seconds"]
-            cells = [score_cell(per_scene[c]) for c in cities]
+            cells = [score_cell(scores(per_city[c])) for c in cities]
+            pooled = scores(sum(per_city.values()))
             lines.append(
                 f"| {label} | {seed} | " + " | ".join(cells)
-                + f" | **{score_cell(per_scene['all'])}** | {pre_s} | {ft_s:.0f} |"
+                + f" | **{score_cell(pooled)}** | {pre_s} | {ft_s:.0f} |"
             )  # fmt: skip
     cva = cva_otsu_counts(args.oscd)
     total = sum(cva.values())
@@ -205,6 +210,9 @@ def main() -> None:
         run_pretraining(args)
     if args.phase in ("all", "finetune"):
         run_finetuning(args)
+    import torch  # scoring the checkpoints (the pretraining and fine-tuning run as commands)
+
+    torch.set_num_threads(args.threads)
     rows = table_rows(args)
     print("\n".join(rows))
     if args.out:
