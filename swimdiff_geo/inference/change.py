@@ -188,7 +188,7 @@ def detect_change(
                     mask.write(np.where(valid, changed, MASK_NODATA).astype(np.uint8)[None], window)
                     counter.add(changed.astype(np.int64), window, valid)
 
-                layer, n_polygons = regions_layer(
+                layer, n_regions = regions_layer(
                     ctx, tx, lambda w: mask.sink.read(w) == 1, grid, crs, options.min_area,
                     layer_name="change_polygons", mean_of=lambda w: probability.sink.read(w),
                     final_keys=without_small_regions if options.min_area > 0 else None,
@@ -196,18 +196,11 @@ def detect_change(
                 )  # fmt: skip
                 if layer is not None:
                     ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
+                    n_polygons = n_regions
             probability.finish()
             mask.finish()
             summary = _summary(
-                ctx,
-                image_a,
-                image_b,
-                grid,
-                threshold,
-                options,
-                counter,
-                windows_run,
-                n_polygons if outputs.polygons else None,
+                ctx, image_a, image_b, grid, threshold, options, counter, windows_run, n_polygons
             )
             if outputs.summary:
                 write_json(tx.temp(outputs.summary), summary)

@@ -179,11 +179,12 @@ def map_landcover(
                 # class map, so the map, the class areas and the polygons agree (no holes).
                 if options.min_area > 0:
                     counter = AreaCounter(grid, crs, max(class_ids) + 1)  # recounted
-                layer, n_polygons = _class_regions(
+                layer, n_regions = _class_regions(
                     classes, grid, crs, options, names, ctx, tx, counter, bool(outputs.polygons)
                 )
                 if layer is not None:
                     ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
+                    n_polygons = n_regions
             classes.finish()
             if probs is not None:
                 probs.finish()
@@ -199,7 +200,7 @@ def map_landcover(
                 "valid_area_m2": float(counter.area_m2.sum()) if counter.area_m2 is not None
                 else None,
                 "min_area_m2": options.min_area,
-                "polygons": n_polygons if outputs.polygons else None,
+                "polygons": n_polygons,
                 "engine": engine_summary(ctx, grid, windows_run),
                 "warnings": list(ctx.warnings),
                 "runtime_s": round(time.perf_counter() - ctx.started, 3),
