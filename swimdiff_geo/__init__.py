@@ -5,4 +5,4 @@ side (:mod:`swimdiff_geo.models`, :mod:`swimdiff_geo.data`, :mod:`swimdiff_geo.t
 ``train`` extra (torch, lightning, torchmetrics, kornia).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -531,12 +531,14 @@ def fingerprint(job: Job) -> dict[str, Any]:
     """What the job's outputs depend on; a change to any of it makes the job run again.
 
     Inputs and model by size and modification time (ns), the options that shape outputs
-    (everything but ``threads``, which only sets speed), and the output layout.
+    (everything but ``threads``, which only sets speed), the output layout, and the version of
+    swimdiff-geo (a new version may make other outputs from the same inputs).
     """
     kind = job.kind
     return _json_round_trip(
         {
             "task": job.task,
+            "software": __version__,
             "inputs": {
                 column: file_stamp(path)
                 for column, path in zip(kind.image_columns, job.images, strict=True)

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from rasterio.windows import Window
 from swimdiff_geo.cli.main import cli
 
+import swimdiff_geo.batch
 from swimdiff_geo.batch import MARKER_NAME, REPORT_NAME, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -378,7 +379,7 @@ def test_ctrl_c_stops_a_pool_batch_without_running_the_queue(
     assert {r["status"] for r in report.values()} == {"done", "pending"}
 
 
-def test_only_the_job_whose_option_input_or_outputs_changed_reruns(scenes, tmp_path):
+def test_only_the_job_whose_option_input_or_outputs_changed_reruns(scenes, tmp_path, monkeypatch):
     folder, rows = scenes
     subset = [dict(r) for r in rows if r["job_id"] in ("c1", "c2", "l2")]
     for row in subset:  # own copies of the inputs: this test touches one
@@ -414,6 +415,9 @@ def test_only_the_job_whose_option_input_or_outputs_changed_reruns(scenes, tmp_p
     (out / "c1" / "change_mask.tif").unlink()  # c1: an output deleted behind the marker's back
     assert rerun() == {"c1": "done", "c2": "skipped_done", "l2": "skipped_done"}
     assert (out / "c1" / "change_mask.tif").is_file()
+
+    monkeypatch.setattr(swimdiff_geo.batch, "__version__", "99.0.0")  # an upgraded swimdiff-geo
+    assert set(rerun().values()) == {"done"}
 
 
 def test_dask_local_cluster_gives_identical_outputs(scenes, reference, tmp_path):
