@@ -122,20 +122,20 @@ def label_scene_regions(
             firsts.append(first_index[present > 0] + top * width)
         labels[labels > 0] += count
         if merge:
-            touching_edges.append(_neighbour_pairs(labels, labels))
+            touching_edges.append(_neighbour_pairs(labels))
         if last_labels is not None:
             first_labels, first_keys = labels[0], strip_keys[0]
             for shift in (-1, 0, 1):  # 8-connectivity: straight down and both diagonals
                 above = slice(max(0, -shift), width - max(0, shift))
                 below = slice(max(0, shift), width - max(0, -shift))
                 a, b = last_labels[above], first_labels[below]
-                touching = (a > 0) & (b > 0) & (last_keys[above] == first_keys[below])
-                above_labels.append(a[touching])
-                below_labels.append(b[touching])
-            if merge:  # labels of different keys across the strip edge are neighbours
-                touching_edges.append(
-                    _neighbour_pairs(last_labels[None], first_labels[None], across=True)
-                )
+                both = (a > 0) & (b > 0)
+                same_key = last_keys[above] == first_keys[below]
+                above_labels.append(a[both & same_key])
+                below_labels.append(b[both & same_key])
+                if merge:  # labels of different keys across the strip edge are neighbours
+                    other = both & ~same_key
+                    touching_edges.append(_edge_lengths(a[other], b[other], float(shift == 0)))
         last_labels, last_keys = labels[-1].copy(), strip_keys[-1].copy()
         provisional.write(labels[None], window)
         count += n
@@ -330,33 +330,30 @@ def _sum_pairs(
     return unique, np.bincount(inverse.ravel(), weights=lengths[other], minlength=len(unique))
 
 
-def _neighbour_pairs(
-    upper: np.ndarray, lower: np.ndarray, across: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Touching pairs of different non-zero labels, as pair codes with their shared edge length.
-
-    ``across=False``: within one strip (``upper is lower``): right, down and both diagonals.
-    ``across=True``: ``upper`` is the last row above a strip edge, ``lower`` the first below.
-    """
-    if across:
-        steps = [((slice(None), slice(None)), (slice(None), slice(None)), 1.0)]
-        steps += [((slice(None), slice(0, -1)), (slice(None), slice(1, None)), 0.0),
-                  ((slice(None), slice(1, None)), (slice(None), slice(0, -1)), 0.0)]  # fmt: skip
-    else:
-        steps = [
-            ((slice(None), slice(0, -1)), (slice(None), slice(1, None)), 1.0),  # right
-            ((slice(0, -1), slice(None)), (slice(1, None), slice(None)), 1.0),  # down
-            ((slice(0, -1), slice(0, -1)), (slice(1, None), slice(1, None)), 0.0),  # down right
-            ((slice(0, -1), slice(1, None)), (slice(1, None), slice(0, -1)), 0.0),  # down left
-        ]
+def _neighbour_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Touching pairs of different non-zero labels within one strip (right, down and both
+    diagonals), as pair codes with their shared edge length (diagonals: 0)."""
+    steps = [
+        ((slice(None), slice(0, -1)), (slice(None), slice(1, None)), 1.0),  # right
+        ((slice(0, -1), slice(None)), (slice(1, None), slice(None)), 1.0),  # down
+        ((slice(0, -1), slice(0, -1)), (slice(1, None), slice(1, None)), 0.0),  # down right
+        ((slice(0, -1), slice(1, None)), (slice(1, None), slice(0, -1)), 0.0),  # down left
+    ]
     codes, lengths = [], []
-    for from_upper, from_lower, length in steps:
-        a, b = upper[from_upper], lower[from_lower]
+    for from_here, to_there, length in steps:
+        a, b = labels[from_here], labels[to_there]
         touching = (a != b) & (a > 0) & (b > 0)
-        pair = np.unique(_pair_codes(a[touching], b[touching]), return_counts=True)
-        codes.append(pair[0])
-        lengths.append(pair[1] * length)
+        pair_codes, pair_lengths = _edge_lengths(a[touching], b[touching], length)
+        codes.append(pair_codes)
+        lengths.append(pair_lengths)
     return np.concatenate(codes), np.concatenate(lengths)
+
+
+def _edge_lengths(a: np.ndarray, b: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel pairs ``a[i]``-``b[i]`` of one direction as pair codes, each once, with the edge
+    they share: ``length`` per pixel pair (1 side by side, 0 corner to corner)."""
+    codes, counts = np.unique(_pair_codes(a, b), return_counts=True)
+    return codes, counts * length
 
 
 def _label_equal_keys(keys: np.ndarray) -> tuple[np.ndarray, int]:
