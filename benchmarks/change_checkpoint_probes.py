@@ -32,25 +32,30 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cva_otsu_oscd import counts, scores  # noqa: E402
 
-from swimdiff_geo.data.change import IGNORE_INDEX, BandScaling, TiledChangeWindows  # noqa: E402
-from swimdiff_geo.train.finetune import load_change_split, load_head_checkpoint  # noqa: E402
+from swimdiff_geo.data.change import IGNORE_INDEX, BandScaling  # noqa: E402
+from swimdiff_geo.train.finetune import (  # noqa: E402
+    change_probability_maps,
+    load_change_split,
+    load_head_checkpoint,
+)
 
 FLIPS = [(), (-1,), (-2,), (-2, -1)]
 
 
 def probabilities(model: torch.nn.Module, scene, scaling: BandScaling, tta: bool) -> np.ndarray:
-    """Change probability ``(H, W)`` of one scene, tile by tile (tiles of 256 px)."""
-    tiles = TiledChangeWindows([scene], scaling, 256)
-    h, w = scene.shape
-    prob = np.zeros((h, w), np.float32)
+    """Change probability ``(H, W)`` of one scene, tile by tile (tiles of 256 px, as
+    ``finetune`` scores its validation cities: ``change_probability_maps``)."""
     model.eval()
-    for k, (_, r0, c0) in enumerate(tiles.items):
-        x = tiles[k][0][None]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch)
+        flips = FLIPS if tta else [()]
         with torch.no_grad():
-            flips = FLIPS if tta else [()]
-            p = sum(torch.sigmoid(model(x.flip(d))).flip(d) for d in flips) / len(flips)
-        hh, ww = min(256, h - r0), min(256, w - c0)
-        prob[r0 : r0 + hh, c0 : c0 + ww] = p[0, 0, :hh, :ww].numpy()
+            return (
+                sum(torch.sigmoid(model(x.flip(d))).flip(d) for d in flips) / len(flips)
+            ).numpy()
+
+    [(_, prob)] = change_probability_maps(predict, [scene], scaling, 256)
     return prob
 
 

@@ -14,11 +14,16 @@ import torch
 from click.testing import CliRunner
 from swimdiff_geo.cli.main import cli
 
-from swimdiff_geo.data.change import BandScaling
+from swimdiff_geo.data.change import IGNORE_INDEX, BandScaling, TiledChangeWindows
 from swimdiff_geo.data.oscd import OSCDCity
 from swimdiff_geo.inference.contract import load_model
-from swimdiff_geo.train.finetune import epoch_history, finetune_change, load_head_checkpoint
-from tests.datasets.test_change_data import write_city_pair
+from swimdiff_geo.train.finetune import (
+    epoch_history,
+    evaluate_change,
+    finetune_change,
+    load_head_checkpoint,
+)
+from tests.datasets.test_change_data import _scene, write_city_pair
 from tests.datasets.test_oscd import OSCD_MINI, build_oscd_labelled
 
 TINY = ["--epochs", "1", "--batch-size", "4", "--crop-size", "32", "--samples-per-epoch", "4",
@@ -60,6 +65,32 @@ def test_run_writes_checkpoints_logs_and_metrics(trained: Path) -> None:
     assert summary["per_scene"]["all"]["f1"] == pytest.approx(scores["f1"])
     # The per-epoch torchmetrics F1 over all validation pixels is the same number.
     assert summary["best"]["val_f1"] == pytest.approx(scores["f1"], abs=1e-6)
+
+
+def test_change_scores_count_what_the_validation_counts() -> None:
+    """evaluate_change (metrics.json, the benchmarks' tables) counts each pixel with the
+    prediction of the tile the validation during training counts it in, also where the last
+    tiles overlap their neighbours: with a prediction that depends on where a pixel lies in its
+    window, as a network's does, the counts equal those over TiledChangeWindows' labels."""
+    scene, tile, scaling = _scene(45, 46), 20, BandScaling(1e-4)
+    ramp = np.linspace(0.0, 1.0, tile * tile, dtype=np.float32).reshape(tile, tile)
+
+    def predict(batch: np.ndarray) -> np.ndarray:  # (N, 26, T, T) -> (N, 1, T, T)
+        brighter = (batch[:, :1] > batch[:, 13:14]).astype(np.float32)
+        return 0.6 * ramp + 0.4 * brighter
+
+    expected = np.zeros(4, np.int64)  # tp, fp, fn, tn
+    tiles = TiledChangeWindows([scene], scaling, tile)
+    for i in range(len(tiles)):
+        x, y, _ = tiles[i]
+        changed, labels = predict(x[None].numpy())[0, 0] >= 0.5, y.numpy()
+        valid, truth = labels != IGNORE_INDEX, labels == 1
+        cells = (changed & truth, changed & ~truth, ~changed & truth, ~changed & ~truth)
+        expected += [(cell & valid).sum() for cell in cells]
+    scores = evaluate_change(predict, [scene], scaling, tile)
+    assert [scores["s"][k] for k in ("tp", "fp", "fn", "tn")] == expected.tolist()
+    assert expected.sum() == 45 * 46 and expected[0] > 0 and expected[1] > 0
+    assert scores["all"] == scores["s"]
 
 
 def test_checkpoint_carries_the_model_contract(trained: Path) -> None:
