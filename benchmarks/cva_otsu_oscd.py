@@ -72,16 +72,18 @@ def cva_otsu_mask(city: OSCDCity) -> np.ndarray:
     return magnitude > otsu(magnitude.ravel())
 
 
-def engine_change_mask(city: OSCDCity, model: str | Path, tmp: Path) -> np.ndarray:
+def engine_change_mask(
+    city: OSCDCity, model: str | Path, tmp: Path, overlap: float | None = None
+) -> np.ndarray:
     """The change mask ``detect-change`` makes with ``model`` from GeoTIFFs of the city's two
-    dates (tiling, blending, nodata and the model's threshold as in the CLI); bool (H, W)."""
+    dates (tiling, blending, nodata and the model's threshold as in the CLI; ``overlap``: the
+    tiles' overlap in percent, None = the model's); bool (H, W)."""
     paths = [tmp / f"{city.name}_{d}.tif" for d in (1, 2)]
     for d, path in zip((1, 2), paths, strict=True):
         write_stack(city, d, path)
     outputs = ChangeOutputs.in_dir(str(tmp / city.name), polygons=False)
-    detect_change(
-        str(paths[0]), str(paths[1]), outputs, ChangeOptions(model=str(model), device="cpu")
-    )
+    options = ChangeOptions(model=str(model), device="cpu", overlap=overlap)
+    detect_change(str(paths[0]), str(paths[1]), outputs, options)
     with rasterio.open(outputs.mask) as m:
         return m.read(1) == 1
 

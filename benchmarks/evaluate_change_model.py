@@ -2,7 +2,7 @@
 
     python benchmarks/evaluate_change_model.py /path/to/shared/data/oscd \\
         --model swimdiff_geo/default_models/s2_change_swimdiff.onnx \\
-        --cities bordeaux,mumbai,saclay_e
+        --cities bordeaux,mumbai,saclay_e [--overlap 50]
 
 Each city's two dates are written as 13-band GeoTIFFs (10 m grid, as the loader resamples them),
 ``detect_change`` runs on them exactly as ``swimdiff-geo detect-change`` does (tiling, Hann
@@ -28,8 +28,11 @@ from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root  # noqa: E402
 from swimdiff_geo.inference.defaults import default_model_path  # noqa: E402
 
 
-def evaluate(oscd: Path, model: str, cities: list[str]) -> dict[str, dict[str, float]]:
-    """Per-city and pooled (``"all"``) precision/recall/F1 of ``model``."""
+def evaluate(
+    oscd: Path, model: str, cities: list[str], overlap: float | None = None
+) -> dict[str, dict[str, float]]:
+    """Per-city and pooled (``"all"``) precision/recall/F1 of ``model`` (``overlap``: the
+    tiles' overlap in percent, None = the model's own)."""
     root = find_oscd_root(oscd)
     result: dict[str, dict[str, float]] = {}
     pooled = np.zeros(3, np.int64)
@@ -37,7 +40,7 @@ def evaluate(oscd: Path, model: str, cities: list[str]) -> dict[str, dict[str, f
         for name in cities:
             city = OSCDCity(root, name)
             truth = city.read_labels().astype(bool)
-            c = counts(engine_change_mask(city, model, Path(tmp)), truth)
+            c = counts(engine_change_mask(city, model, Path(tmp), overlap), truth)
             pooled += c
             result[name] = scores(c) | {"changed_px": int(truth.sum())}
     result["all"] = scores(pooled) | {
@@ -62,10 +65,13 @@ def main() -> None:
     parser.add_argument("oscd", type=Path)
     parser.add_argument("--model", default=None, help="ONNX model (default: the bundled one)")
     parser.add_argument("--cities", default="bordeaux,mumbai,saclay_e")
+    parser.add_argument(
+        "--overlap", type=float, default=None, help="tile overlap in percent (default: the model's)"
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     model = args.model or default_model_path("change_detection")
-    result = evaluate(args.oscd, model, args.cities.split(","))
+    result = evaluate(args.oscd, model, args.cities.split(","), args.overlap)
     print(table(result))
     print(f"\n{time.perf_counter() - t0:.0f} s")
 
