@@ -758,7 +758,7 @@ def change_probability_maps(
     scene's edge). Where such a last tile overlaps the tile before it, the earlier tile's
     prediction is kept: those are the pixels the validation during training counts, so scores
     from these maps equal the run's own. (A pixel's prediction depends on where it lies in its
-    tile: keeping the later tile instead moves a city's F1 by up to 0.025.)
+    tile: keeping the later tile instead moved a city's F1 by up to 0.044 on OSCD.)
 
     ``predict`` maps ``(N, 2C, T, T)`` scaled windows to ``(N, 1, T, T)`` probabilities.
     """
@@ -804,8 +804,8 @@ def evaluate_change(
              (~changed & ~truth & valid).sum()]
         )  # fmt: skip
         total += counts
-        out[scene.name] = _binary_scores(*counts)
-    out["all"] = _binary_scores(*total)
+        out[scene.name] = _binary_scores(*counts.tolist())
+    out["all"] = _binary_scores(*total.tolist())
     return out
 
 
