@@ -35,8 +35,10 @@ from cva_otsu_oscd import counts, scores  # noqa: E402
 from swimdiff_geo.data.change import IGNORE_INDEX, BandScaling  # noqa: E402
 from swimdiff_geo.train.finetune import (  # noqa: E402
     change_probability_maps,
+    evaluate_change,
     load_change_split,
     load_head_checkpoint,
+    torch_predictor,
 )
 
 FLIPS = [(), (-1,), (-2,), (-2, -1)]
@@ -64,12 +66,9 @@ def validation_counts(checkpoint: Path) -> dict[str, np.ndarray]:
     now, on the data as the reader reads it today (PyTorch on 256 px tiles, threshold 0.5)."""
     task = load_head_checkpoint(checkpoint)
     scaling = BandScaling.from_contract(task.hparams.contract)
-    found = {}
-    for scene in load_change_split(task.hparams.data_cfg, "val"):
-        valid = scene.labels != IGNORE_INDEX
-        prob = probabilities(task.model, scene, scaling, tta=False)
-        found[scene.name] = counts((prob >= 0.5) & valid, (scene.labels == 1) & valid)
-    return found
+    scenes = load_change_split(task.hparams.data_cfg, "val")
+    per_scene = evaluate_change(torch_predictor(task.model, torch.sigmoid), scenes, scaling, 256)
+    return {s.name: np.array([per_scene[s.name][k] for k in ("tp", "fp", "fn")]) for s in scenes}
 
 
 def f1_table(maps: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: list[float]) -> str:
