@@ -20,7 +20,10 @@ def select_bands(
     """1-based band indices of ``source`` in the model's band order.
 
     ``explicit`` (``--bands 2,3,4,8``) wins; otherwise band descriptions that name every model
-    band (case-insensitive) order them; otherwise the band count must equal the model's.
+    band (case-insensitive) order them; otherwise the band count must equal the model's and the
+    bands are taken in order, unless the descriptions name some of the model's bands but not
+    all: then the raster says it holds other bands (a NAIP RED GREEN BLUE NIR image given to a
+    SWIR1 NIR RED GREEN model), and taking them in order would feed RED in as SWIR1.
     """
     want = contract.bands
     if explicit:
@@ -41,10 +44,17 @@ def select_bands(
     names = [(d or "").strip().upper() for d in source.band_descriptions]
     if all(w.upper() in names for w in want):
         return [names.index(w.upper()) + 1 for w in want]
-    if source.count == len(want):
-        return list(range(1, source.count + 1))
     described = [n for n in names if n]
     hint = f" (its band descriptions: {', '.join(described)})" if described else ""
+    missing = [w for w in want if w.upper() not in names]
+    if len(missing) < len(want):
+        raise InputError(
+            source.path,
+            f"lacks band{'s' if len(missing) > 1 else ''} {', '.join(missing)}{hint}; the model "
+            f"takes {', '.join(want)}. If the descriptions are wrong, map the bands with --bands",
+        )
+    if source.count == len(want):
+        return list(range(1, source.count + 1))
     raise InputError(
         source.path,
         f"has {source.count} bands{hint} but the model takes {len(want)}: {', '.join(want)}; "

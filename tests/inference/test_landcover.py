@@ -162,10 +162,13 @@ def test_patch_classifier_maps_on_a_strided_grid(landsat_pair, models_dir, tmp_p
         assert classes[r, c] == np.argmax(weights @ window.mean(axis=(1, 2)))
 
 
-def test_map_landcover_bad_inputs(landsat_pair, s2_pair, landsat_change_model,
+def test_map_landcover_bad_inputs(landsat_pair, s2_pair, naip_pair, landsat_change_model,
                                   landsat_segmentation_model, tmp_path):  # fmt: skip
     cases = [
         ([s2_pair[0], "--model", landsat_segmentation_model], ["13 bands"], s2_pair[0]),
+        # as many bands as the default Landsat model (SWIR1 NIR RED GREEN), but described as
+        # RED GREEN BLUE NIR: taken in order, RED would go in as SWIR1
+        ([naip_pair[0]], ["lacks band SWIR1", "RED, GREEN, BLUE, NIR", "--bands"], naip_pair[0]),
         ([landsat_pair[0], "--model", landsat_change_model], ["change_detection model"],
          landsat_change_model),
         ([tmp_path / "missing.tif"], ["file not found"], tmp_path / "missing.tif"),
@@ -176,6 +179,13 @@ def test_map_landcover_bad_inputs(landsat_pair, s2_pair, landsat_change_model,
         assert result.exit_code == 1, result.output
         assert str(named) in result.output and all(w in result.output for w in words)
         assert not out.exists()
+    # where the descriptions are wrong, --bands still maps the bands by hand
+    out = tmp_path / "naip_mapped"
+    result = CliRunner().invoke(
+        cli, ["map-landcover", str(naip_pair[0]), "--bands", "4,4,1,2", "-o", str(out), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "landcover.tif").exists()
 
 
 def test_inputs_on_another_scale_than_the_training_data_warn(landsat_pair, tmp_path):
