@@ -57,7 +57,7 @@ def cli() -> None:
     """swimdiff-geo: change maps and land-cover maps from satellite imagery.
 
     Inference commands run ONNX models over GeoTIFFs of any size in bounded memory; run
-    ``swimdiff-geo COMMAND --help`` for each command's options.
+    "swimdiff-geo COMMAND --help" for each command's options.
     """
 
 
