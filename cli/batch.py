@@ -16,6 +16,7 @@ from swimdiff_geo.batch import (
     JobResult,
     ManifestError,
     available_cores,
+    check_job,
     count_statuses,
     load_manifest,
     plan,
@@ -52,7 +53,12 @@ from .options import output_dir_option
     help="Run each job as one task on this Dask distributed scheduler (e.g. "
     "tcp://10.0.0.5:8786); needs the 'distributed' extra and the same paths on every worker.",
 )
-@click.option("--dry-run", is_flag=True, help="Validate the manifest, list what would run, stop.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate the manifest, check the inputs of the jobs to run against their models, "
+    "list what would run, stop (exit 1 if a job would fail).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; only failures and the total.")
 def batch(
     manifest: str,
@@ -153,11 +159,32 @@ def _result_line(result: JobResult) -> str:
 
 
 def _dry_run(jobs: list[Job], out_dir: str) -> None:
+    """List each job as it would go (run / skip / fails) after checking the inputs of those
+    that would run; exit 1 when one of them would fail."""
     out_root = os.path.abspath(out_dir)
     batch_plan = plan(jobs, out_root) if os.path.isdir(out_root) else None
     to_run = {j.job_id for j in batch_plan.to_run} if batch_plan else {j.job_id for j in jobs}
+    failing = 0
     for job in jobs:
-        state = "run" if job.job_id in to_run else "skip (done)"
         inputs = " ".join(job.images)
-        click.echo(f"{state:12s} {job.job_id} [{job.task}] {inputs}")
-    click.echo(f"{len(jobs)} jobs valid; {len(to_run)} to run, {len(jobs) - len(to_run)} done")
+        if job.job_id not in to_run:
+            click.echo(f"{'skip (done)':12s} {job.job_id} [{job.task}] {inputs}")
+            continue
+        checked, error = check_job(job, out_root)
+        if checked is None:
+            failing += 1
+            click.echo(f"{'fails':12s} {job.job_id} [{job.task}] {inputs}\n{'':13s}{error}")
+            continue
+        grid = checked["grid"]
+        click.echo(
+            f"{'run':12s} {job.job_id} [{job.task}] {inputs} "
+            f"({grid['width']} x {grid['height']} px)"
+        )
+        for warning in checked["warnings"]:
+            click.echo(f"{'':13s}{warning}")
+    click.echo(
+        f"{len(jobs)} jobs: {len(to_run) - failing} to run, {failing} would fail, "
+        f"{len(jobs) - len(to_run)} done"
+    )
+    if failing:
+        sys.exit(1)

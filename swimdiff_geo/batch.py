@@ -776,6 +776,23 @@ def run_job(
         )
 
 
+def check_job(job: Job, out_root: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Check one job's inputs against its model without running it (``batch --dry-run``).
+
+    The engine's own job function runs with ``check_only``: the model loads, the inputs open,
+    their bands are matched to the model's and a change pair is aligned, as the run would do;
+    nothing is written. Returns ``(checked_summary, None)``, or ``(None, message)`` with the
+    error the run would fail with.
+    """
+    try:
+        kind = job.kind
+        options = kind.options_cls(**job.options, threads=1)
+        outputs = kind.outputs_cls.in_dir(job_dir(out_root, job), **job.layout)
+        return kind.run(*job.images, outputs, options, check_only=True), None
+    except Exception as exc:  # noqa: BLE001 - as in run_job: any job error is the answer
+        return None, error_message(exc)
+
+
 def error_message(exc: BaseException) -> str:
     """One line for the report: engine errors as they are, others with their type."""
     if isinstance(exc, (SwimdiffError, ValueError)):

@@ -449,9 +449,46 @@ def test_dry_run_lists_what_would_run_and_writes_nothing(scenes, reference, tmp_
     assert all(
         any(ln.startswith("skip (done)") and f" {j} " in ln for ln in lines) for j in ALL_JOBS
     )
-    assert any(ln.startswith("run") and " new_job " in ln for ln in lines)
-    assert "7 jobs valid; 1 to run, 6 done" in result.output
+    assert any(
+        ln.startswith("run") and " new_job " in ln and f"({CROP_W} x {CROP_H} px)" in ln
+        for ln in lines
+    )
+    assert "7 jobs: 1 to run, 0 would fail, 6 done" in result.output
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+
+
+def test_dry_run_names_the_jobs_the_run_fails_and_why(scenes, tmp_path):
+    """--dry-run checks each job's inputs against its model: the jobs it says would fail are
+    the ones the run fails, with the same messages, and it writes nothing."""
+    folder, rows = scenes
+    by_id = {row["job_id"]: row for row in rows}
+    renamed = tmp_path / "rgbn.tif"  # a Landsat crop whose band descriptions name other bands
+    shutil.copy(folder / "l1_2020.tif", renamed)
+    with rasterio.open(renamed, "r+") as ds:
+        for i, name in enumerate(["RED", "GREEN", "BLUE", "NIR"], start=1):
+            ds.set_band_description(i, name)
+    jobs = [
+        dict(by_id["c1"], job_id="fine"),
+        dict(by_id["l1"], job_id="other_bands", image=str(renamed)),
+        dict(by_id["c1"], job_id="apart", image_b="c4_2020.tif"),  # disjoint footprints
+        dict(by_id["l2"], job_id="missing", image="no_such_scene.tif"),
+    ]
+    manifest = write_manifest(folder / "dry_run_jobs.csv", jobs)
+    out = tmp_path / "out"
+    dry = run_cli("batch", manifest, "-o", out, "--dry-run")
+    assert dry.exit_code == 1, dry.output
+    assert not out.exists()
+    assert "4 jobs: 1 to run, 3 would fail, 0 done" in dry.output
+    failing = [ln.split()[1] for ln in dry.output.splitlines() if ln.startswith("fails")]
+    assert failing == ["other_bands", "apart", "missing"]
+    assert "lacks band SWIR1" in dry.output and "does not overlap" in dry.output
+
+    ran = run_cli("batch", manifest, "-o", out, "-q")
+    assert ran.exit_code == 1
+    report = read_report(out)
+    assert [j for j, row in report.items() if row["status"] == "failed"] == failing
+    for job_id in failing:  # the dry run gave the error the run records
+        assert report[job_id]["error"] in dry.output
 
 
 def test_a_second_batch_on_a_busy_output_folder_is_refused(tmp_path):

@@ -20,6 +20,7 @@ from .jobs import (
     Log,
     Progress,
     RasterOutput,
+    checked_summary,
     crs_info_of,
     engine_summary,
     model_summary,
@@ -85,12 +86,17 @@ def detect_change(
     progress: Progress | None = None,
     is_cancelled: Cancelled | None = None,
     log: Log | None = None,
+    check_only: bool = False,
 ) -> dict[str, Any]:
     """Detect change from ``image_a`` (earlier) to ``image_b`` (later); returns the summary.
 
     Outputs are on A's grid (cut to the intersection with B); B is warped onto it if needed.
     Nodata in either date is nodata in every output. Everything is written under temporary
     names and renamed at the end; on error or cancellation nothing is left behind.
+
+    ``check_only``: stop once the inputs are open, matched to the model's bands and aligned,
+    and return :func:`~.jobs.checked_summary` (what ``batch --dry-run`` reports); raises as
+    the run would for inputs it cannot use.
     """
     options = options or ChangeOptions()
     ctx = start_job("change_detection", options, backend, progress, is_cancelled, log)
@@ -115,6 +121,8 @@ def detect_change(
         reader = StackedReader(
             [DateInput(a, bands_a, a_offset), DateInput(b_on_grid, bands_b)], contract
         )
+        if check_only:
+            return checked_summary(ctx, grid)
         crs = crs_info_of(ctx.backend, grid)
         with OutputTransaction(outputs.paths(), overwrite=options.overwrite) as tx:
             probability = RasterOutput(

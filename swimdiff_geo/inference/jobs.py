@@ -257,6 +257,17 @@ def model_summary(model: LoadedModel) -> dict[str, Any]:
     }
 
 
+def checked_summary(ctx: JobContext, grid: Grid) -> dict[str, Any]:
+    """What a job run with ``check_only`` returns: its inputs open, fit the model and align;
+    the output grid it would write and the warnings it would give. Nothing was written."""
+    return {
+        "checked_only": True,
+        "model": model_summary(ctx.model),
+        "grid": {"width": grid.width, "height": grid.height},
+        "warnings": list(ctx.warnings),
+    }
+
+
 def engine_summary(ctx: JobContext, grid: Grid, windows_run: int) -> dict[str, Any]:
     return {
         "software": f"swimdiff-geo {__version__}",

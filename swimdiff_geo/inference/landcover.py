@@ -31,6 +31,7 @@ from .jobs import (
     Log,
     Progress,
     RasterOutput,
+    checked_summary,
     crs_info_of,
     engine_summary,
     model_summary,
@@ -99,8 +100,13 @@ def map_landcover(
     progress: Progress | None = None,
     is_cancelled: Cancelled | None = None,
     log: Log | None = None,
+    check_only: bool = False,
 ) -> dict[str, Any]:
-    """Map land cover in ``image``; returns the summary (also written to ``outputs.summary``)."""
+    """Map land cover in ``image``; returns the summary (also written to ``outputs.summary``).
+
+    ``check_only``: stop once the image is open and matched to the model's bands, and return
+    :func:`~.jobs.checked_summary` (what ``batch --dry-run`` reports).
+    """
     options = options or LandcoverOptions()
     ctx = start_job(
         ("segmentation", "classification"), options, backend, progress, is_cancelled, log
@@ -121,6 +127,8 @@ def map_landcover(
         else:
             stride = 1
             grid = source.grid
+        if check_only:
+            return checked_summary(ctx, grid)
         crs = crs_info_of(ctx.backend, grid)
         names = [contract.class_names.get(str(i), "") for i in range(max(class_ids) + 1)]
         colors = {
