@@ -7,6 +7,7 @@ Pure Python: importable from the torch-free engine and from QGIS.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -36,6 +37,20 @@ class BandSpec:
             std=tuple(self.std[i] for i in idx) if self.std else (),
             resolution_m=self.resolution_m,
         )
+
+
+def normalize_band_name(name: str) -> str:
+    """``"B1"``/``"b01"``/``"B8a"`` -> ``"B01"``/``"B01"``/``"B8A"``; other names upper-cased.
+
+    Sentinel-2 files name their bands both ways (ESA's B01 ... B12, Earth Engine's B1 ... B12):
+    training data and the engine's band matching compare names through this.
+    """
+    m = re.fullmatch(r"[Bb]0*(\d{1,2})([Aa]?)", name.strip())
+    if not m:
+        return name.strip().upper()
+    if m.group(2):  # the only lettered Sentinel-2 band is B8A, never zero-padded
+        return f"B{int(m.group(1))}{m.group(2).upper()}"
+    return f"B{int(m.group(1)):02d}"
 
 
 # Sentinel-2 L1C, the 13 bands in the order of the method page (SSL4EO-S12 / TorchGeo):

@@ -39,7 +39,7 @@ from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 from torch.utils.data import Dataset
 
-from swimdiff_geo.bands import SENTINEL2_L1C
+from swimdiff_geo.bands import SENTINEL2_L1C, normalize_band_name
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +66,6 @@ __all__ = [
 
 class PretrainDataError(ValueError):
     """Bad pretraining input: the message names the file and what is wrong."""
-
-
-def normalize_band_name(name: str) -> str:
-    """``"B1"``/``"b01"``/``"B8a"`` -> ``"B01"``/``"B01"``/``"B8A"``; other names upper-cased."""
-    m = re.fullmatch(r"[Bb]0*(\d{1,2})([Aa]?)", name.strip())
-    if not m:
-        return name.strip().upper()
-    if m.group(2):  # the only lettered Sentinel-2 band is B8A, never zero-padded
-        return f"B{int(m.group(1))}{m.group(2).upper()}"
-    return f"B{int(m.group(1)):02d}"
 
 
 def parse_date(text: str) -> str | None:

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..bands import normalize_band_name
 from .contract import ModelContract
 from .errors import InputError
 from .io import Grid, RasterBackend, RasterSource, Window
 
 Log = Callable[[str], None]
-
-
-_LEADING_ZEROS = re.compile(r"^([A-Z_]*?)0+(?=\d)")
-
-
-def band_key(name: str | None) -> str:
-    """A band name as matched against the model's: case-insensitive, and ``B01`` = ``B1``
-    (Sentinel-2 files name their bands both ways: ESA's B01..B12, Earth Engine's B1..B12)."""
-    return _LEADING_ZEROS.sub(r"\1", (name or "").strip().upper())
 
 
 def select_bands(
@@ -30,11 +21,11 @@ def select_bands(
     """1-based band indices of ``source`` in the model's band order.
 
     ``explicit`` (``--bands 2,3,4,8``) wins; otherwise band descriptions that name every model
-    band (:func:`band_key`: case and leading zeros aside) order them; otherwise the band count
-    must equal the model's and the
-    bands are taken in order, unless the descriptions name some of the model's bands but not
-    all: then the raster says it holds other bands (a NAIP RED GREEN BLUE NIR image given to a
-    SWIR1 NIR RED GREEN model), and taking them in order would feed RED in as SWIR1.
+    band order them (names compared through :func:`~swimdiff_geo.bands.normalize_band_name`:
+    ``b1`` = ``B01``); otherwise the band count must equal the model's and the bands are taken
+    in order, unless the descriptions name some of the model's bands but not all: then the
+    raster says it holds other bands (a NAIP RED GREEN BLUE NIR image given to a SWIR1 NIR RED
+    GREEN model), and taking them in order would feed RED in as SWIR1.
     """
     want = contract.bands
     if explicit:
@@ -52,12 +43,12 @@ def select_bands(
                 f"--bands {bad[0]} is out of range: the raster has {source.count} bands",
             )
         return bands
-    keys = [band_key(d) for d in source.band_descriptions]
-    if all(band_key(w) in keys for w in want):
-        return [keys.index(band_key(w)) + 1 for w in want]
+    keys = [normalize_band_name(d or "") for d in source.band_descriptions]
+    if all(normalize_band_name(w) in keys for w in want):
+        return [keys.index(normalize_band_name(w)) + 1 for w in want]
     described = [d.strip() for d in source.band_descriptions if d and d.strip()]
     hint = f" (its band descriptions: {', '.join(described)})" if described else ""
-    missing = [w for w in want if band_key(w) not in keys]
+    missing = [w for w in want if normalize_band_name(w) not in keys]
     if len(missing) < len(want):
         raise InputError(
             source.path,
