@@ -41,7 +41,7 @@ def sample_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     opens as layers, which must not land in the repository."""
     _require(SAMPLE_DATA, "sample data folder")
     target = tmp_path_factory.mktemp("sample_data")
-    for folder in ("s2_pair", "landsat_pucallpa"):
+    for folder in ("s2_pair", "landsat_pucallpa", "naip_nd"):
         shutil.copytree(SAMPLE_DATA / folder, target / folder)
     return target
 
@@ -63,6 +63,12 @@ def landsat_image(sample_copy: Path) -> str:
     if not images:
         pytest.fail(f"no sample Landsat images in {SAMPLE_DATA / 'landsat_pucallpa'}")
     return str(images[0])
+
+
+@pytest.fixture(scope="session")
+def naip_image(sample_copy: Path) -> str:
+    """The 2015 NAIP sample image (bands described RED, GREEN, BLUE, NIR), copied."""
+    return str(_require(sample_copy / "naip_nd" / "naip_2015.tif", "sample image"))
 
 
 @pytest.fixture

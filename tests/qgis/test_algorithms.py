@@ -409,6 +409,19 @@ def test_image_with_wrong_bands_is_named(provider, tmp_path, s2_pair, landsat_im
     assert sorted(os.listdir(tmp_path)) == []
 
 
+def test_image_describing_other_bands_is_refused(provider, tmp_path, naip_image, main_cli):
+    """NAIP (RED GREEN BLUE NIR) has as many bands as the default Landsat land-cover model
+    (SWIR1 NIR RED GREEN): refused with the CLI's message, not read in band order."""
+    output = tmp_path / "lc.tif"
+    with pytest.raises(QgsProcessingException, match="lacks band SWIR1") as caught:
+        _run("maplandcover", {"INPUT": naip_image, "OUTPUT": str(output)})
+    message = str(caught.value)
+    assert message.startswith(naip_image) and "BANDS" in message and "--bands" not in message
+    cli_message = _cli_error(main_cli, "map-landcover", naip_image, "-o", str(tmp_path / "cli"))
+    assert " ".join(message.split()).replace("BANDS", "--bands") in cli_message
+    assert not output.exists()
+
+
 def test_bands_parameter_maps_raster_bands(provider, tmp_path, s2_pair, landsat_image):
     by_description = _run(
         "maplandcover", {"INPUT": landsat_image, "OUTPUT": str(tmp_path / "a.tif")}
