@@ -10,6 +10,7 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
+from swimdiff_geo.bands import normalize_band_name
 from swimdiff_geo.data.oscd import OSCDCity
 from swimdiff_geo.data.pretrain import (
     PretrainDataError,
@@ -17,7 +18,6 @@ from swimdiff_geo.data.pretrain import (
     build_sources,
     compute_band_stats,
     detect_format,
-    normalize_band_name,
     parse_date,
 )
 
