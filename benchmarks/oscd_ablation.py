@@ -132,10 +132,12 @@ def cva_otsu_counts(oscd: Path) -> dict[str, np.ndarray]:
 
 
 def table_rows(args: argparse.Namespace) -> list[str]:
-    """The Markdown table of every row and seed (finished runs; "not run" for the others)."""
+    """The Markdown table of every row and seed (finished runs; "not run" for the others),
+    then, with more than one seed, each row's F1 over its seeds (:func:`seed_summary_rows`)."""
     cities = VAL_CITIES.split(",")
     header = "| row | seed | " + " | ".join(cities) + " | **all** | pretrain s | fine-tune s |"
     lines = [header, "|" + "---|" * (len(cities) + 5)]
+    f1_by_row: dict[str, dict[int, dict[str, float]]] = {}  # label -> seed -> city/"all" -> F1
     for name, (label, flags) in VARIANTS.items():
         pre = args.runs / f"pretrain_{name}" / "wall_time.json"
         pre_s = f"{json.loads(pre.read_text())['seconds']:.0f}" if flags and pre.exists() else "-"
@@ -150,6 +152,10 @@ def table_rows(args: argparse.Namespace) -> list[str]:
             ft_s = json.loads((run_dir / "wall_time.json").read_text())["seconds"]
             cells = [score_cell(scores(per_city[c])) for c in cities]
             pooled = scores(sum(per_city.values()))
+            f1_by_row.setdefault(label, {})[seed] = {
+                **{c: scores(per_city[c])["f1"] for c in cities},
+                "all": pooled["f1"],
+            }
             lines.append(
                 f"| {label} | {seed} | " + " | ".join(cells)
                 + f" | **{score_cell(pooled)}** | {pre_s} | {ft_s:.0f} |"
@@ -162,6 +168,46 @@ def table_rows(args: argparse.Namespace) -> list[str]:
         + " | ".join(cells)
         + f" | **{score_cell(scores(total))}** | - | - |"
     )
+    if len(args.seeds) > 1:
+        lines += ["", *seed_summary_rows(f1_by_row, cities)]
+    return lines
+
+
+def seed_summary_rows(
+    f1_by_row: dict[str, dict[int, dict[str, float]]], cities: list[str]
+) -> list[str]:
+    """Markdown table: per row, the mean F1 of each city and of the pooled score over its
+    finished seeds, the pooled score's sample standard deviation and range, and its difference
+    to random init (the first row) paired by seed.
+
+    A seed fixes the decoder's initialisation and the sequence of training windows, so two rows'
+    runs with one seed differ only in the encoder: the paired difference (mean and its standard
+    error, sd / sqrt(n)) compares the encoders with that part of the noise taken out.
+    """
+    header = (
+        "| row | seeds | " + " | ".join(cities)
+        + " | **all**: mean | sd | min - max | vs random init, paired: mean (s.e.) |"
+    )  # fmt: skip
+    lines = [header, "|" + "---|" * (len(cities) + 6)]
+    baseline_label = next(iter(f1_by_row), None)
+    baseline = f1_by_row.get(baseline_label, {})
+    for label, by_seed in f1_by_row.items():
+        pooled = np.array([f1s["all"] for f1s in by_seed.values()])
+        sd = f"{pooled.std(ddof=1):.3f}" if len(pooled) > 1 else "-"
+        paired = np.array(
+            [f1s["all"] - baseline[s]["all"] for s, f1s in by_seed.items() if s in baseline]
+        )
+        if label == baseline_label or len(paired) < 2:
+            versus = "-"
+        else:
+            se = paired.std(ddof=1) / np.sqrt(len(paired))
+            versus = f"{paired.mean():+.3f} ({se:.3f}, {len(paired)} seeds)"
+        lines.append(
+            f"| {label} | {len(pooled)} | "
+            + " | ".join(f"{np.mean([f1s[c] for f1s in by_seed.values()]):.3f}" for c in cities)
+            + f" | **{pooled.mean():.3f}** | {sd} | {pooled.min():.3f} - {pooled.max():.3f}"
+            + f" | {versus} |"
+        )
     return lines
 
 
