@@ -69,7 +69,7 @@ def pretrain_args(args: argparse.Namespace) -> list[str]:
         "--crop-size", str(args.crop), "--batch-size", str(args.pretrain_batch),
         "--max-steps", str(args.steps), "--lr", str(args.pretrain_lr), "--warmup-steps", "20",
         "--threads", str(args.threads), "--num-workers", "1", "--checkpoint-every", "50",
-        "--seed", "0", "--resume", "auto", "--no-progress-bar",
+        "--seed", str(args.pretrain_seed), "--resume", "auto", "--no-progress-bar",
     ]  # fmt: skip
 
 
@@ -84,7 +84,8 @@ def finetune_args(args: argparse.Namespace, seed: int) -> list[str]:
 
 
 def run_pretraining(args: argparse.Namespace) -> None:
-    for name, (_, flags) in VARIANTS.items():
+    for name in args.only:
+        flags = VARIANTS[name][1]
         if flags is None:
             continue
         run_dir = args.runs / f"pretrain_{name}"
@@ -242,7 +243,13 @@ def main() -> None:
         nargs="+",
         choices=list(VARIANTS),
         default=list(VARIANTS),
-        help="fine-tune only these rows (two processes can share the work)",
+        help="pretrain / fine-tune only these rows (two processes can share the work)",
+    )
+    parser.add_argument(
+        "--pretrain-seed",
+        type=int,
+        default=0,
+        help="seed of every pretraining (use another --runs folder for another seed)",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
