@@ -139,7 +139,8 @@ def table_rows(args: argparse.Namespace) -> list[str]:
     header = "| row | seed | " + " | ".join(cities) + " | **all** | pretrain s | fine-tune s |"
     lines = [header, "|" + "---|" * (len(cities) + 5)]
     f1_by_row: dict[str, dict[int, dict[str, float]]] = {}  # label -> seed -> city/"all" -> F1
-    for name, (label, flags) in VARIANTS.items():
+    for name in args.only:
+        label, flags = VARIANTS[name]
         pre = args.runs / f"pretrain_{name}" / "wall_time.json"
         pre_s = f"{json.loads(pre.read_text())['seconds']:.0f}" if flags and pre.exists() else "-"
         for seed in args.seeds:
@@ -179,7 +180,7 @@ def seed_summary_rows(
 ) -> list[str]:
     """Markdown table: per row, the mean F1 of each city and of the pooled score over its
     finished seeds, the pooled score's sample standard deviation and range, and its difference
-    to random init (the first row) paired by seed.
+    to random init paired by seed (when its runs are there).
 
     A seed fixes the decoder's initialisation and the sequence of training windows, so two rows'
     runs with one seed differ only in the encoder: the paired difference (mean and its standard
@@ -190,7 +191,7 @@ def seed_summary_rows(
         + " | **all**: mean | sd | min - max | vs random init, paired: mean (s.e.) |"
     )  # fmt: skip
     lines = [header, "|" + "---|" * (len(cities) + 6)]
-    baseline_label = next(iter(f1_by_row), None)
+    baseline_label = VARIANTS["random"][0]
     baseline = f1_by_row.get(baseline_label, {})
     for label, by_seed in f1_by_row.items():
         pooled = np.array([f1s["all"] for f1s in by_seed.values()])
@@ -243,7 +244,7 @@ def main() -> None:
         nargs="+",
         choices=list(VARIANTS),
         default=list(VARIANTS),
-        help="pretrain / fine-tune only these rows (two processes can share the work)",
+        help="pretrain / fine-tune / tabulate only these rows (two processes can share the work)",
     )
     parser.add_argument(
         "--pretrain-seed",
