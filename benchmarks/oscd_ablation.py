@@ -152,10 +152,11 @@ def table_rows(args: argparse.Namespace) -> list[str]:
                 continue
             per_city = validation_counts(run_dir / "best.ckpt")
             ft_s = json.loads((run_dir / "wall_time.json").read_text())["seconds"]
-            cells = [score_cell(scores(per_city[c])) for c in cities]
+            city_scores = {c: scores(per_city[c]) for c in cities}
+            cells = [score_cell(city_scores[c]) for c in cities]
             pooled = scores(sum(per_city.values()))
             f1_by_row.setdefault(label, {})[seed] = {
-                **{c: scores(per_city[c])["f1"] for c in cities},
+                **{c: city_scores[c]["f1"] for c in cities},
                 "all": pooled["f1"],
             }
             lines.append(

@@ -725,6 +725,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def job_call_arguments(job: Job, folder: str, threads: int) -> tuple[Any, Any]:
+    """The options and outputs a job's engine function is called with (run and check alike):
+    the manifest's option columns, ``threads``, overwrite (a job that is not done is redone),
+    and the job's output files in ``folder``."""
+    kind = job.kind
+    options = kind.options_cls(**job.options, threads=threads, overwrite=True)
+    return options, kind.outputs_cls.in_dir(folder, **job.layout)
+
+
 def run_job(
     job: Job,
     out_root: str,
@@ -743,12 +752,10 @@ def run_job(
     if threads is None:
         threads = default_threads_on_this_worker()
     try:
-        kind = job.kind
         stamp = fingerprint(job)  # before the run: an input edited meanwhile reruns next time
         _prepare_folder(folder)
-        options = kind.options_cls(**job.options, threads=threads, overwrite=True)
-        outputs = kind.outputs_cls.in_dir(folder, **job.layout)
-        summary = kind.run(*job.images, outputs, options, is_cancelled=is_cancelled)
+        options, outputs = job_call_arguments(job, folder, threads)
+        summary = job.kind.run(*job.images, outputs, options, is_cancelled=is_cancelled)
         runtime = round(time.perf_counter() - started, 3)
         finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
         numbers = summary_numbers(job.task, summary)
@@ -785,10 +792,8 @@ def check_job(job: Job, out_root: str) -> tuple[dict[str, Any] | None, str | Non
     error the run would fail with.
     """
     try:
-        kind = job.kind
-        options = kind.options_cls(**job.options, threads=1)
-        outputs = kind.outputs_cls.in_dir(job_dir(out_root, job), **job.layout)
-        return kind.run(*job.images, outputs, options, check_only=True), None
+        options, outputs = job_call_arguments(job, job_dir(out_root, job), threads=1)
+        return job.kind.run(*job.images, outputs, options, check_only=True), None
     except Exception as exc:  # noqa: BLE001 - as in run_job: any job error is the answer
         return None, error_message(exc)
 

@@ -118,11 +118,11 @@ def detect_change(
         grid, a, a_offset, b_on_grid = align_pair(ctx.backend, a, b, ctx.log)
         if b_on_grid is not b:
             sources.append(b_on_grid)
+        if check_only:
+            return checked_summary(ctx, grid)
         reader = StackedReader(
             [DateInput(a, bands_a, a_offset), DateInput(b_on_grid, bands_b)], contract
         )
-        if check_only:
-            return checked_summary(ctx, grid)
         crs = crs_info_of(ctx.backend, grid)
         with OutputTransaction(outputs.paths(), overwrite=options.overwrite) as tx:
             probability = RasterOutput(

@@ -44,11 +44,12 @@ def select_bands(
             )
         return bands
     keys = [normalize_band_name(d or "") for d in source.band_descriptions]
-    if all(normalize_band_name(w) in keys for w in want):
-        return [keys.index(normalize_band_name(w)) + 1 for w in want]
+    want_keys = [normalize_band_name(w) for w in want]
+    if all(k in keys for k in want_keys):
+        return [keys.index(k) + 1 for k in want_keys]
     described = [d.strip() for d in source.band_descriptions if d and d.strip()]
     hint = f" (its band descriptions: {', '.join(described)})" if described else ""
-    missing = [w for w in want if normalize_band_name(w) not in keys]
+    missing = [w for w, k in zip(want, want_keys, strict=True) if k not in keys]
     if len(missing) < len(want):
         raise InputError(
             source.path,

@@ -120,7 +120,6 @@ def map_landcover(
         bands = select_bands(source, contract, options.bands)
         if warning := value_scale_warning(source, bands, contract):
             ctx.log(warning)
-        reader = StackedReader([DateInput(source, bands)], contract)
         if contract.model_type == "classification":
             stride = options.stride or max(1, ctx.tile_size // 2)
             grid = _strided_grid(source.grid, stride)
@@ -129,6 +128,7 @@ def map_landcover(
             grid = source.grid
         if check_only:
             return checked_summary(ctx, grid)
+        reader = StackedReader([DateInput(source, bands)], contract)
         crs = crs_info_of(ctx.backend, grid)
         names = [contract.class_names.get(str(i), "") for i in range(max(class_ids) + 1)]
         colors = {
