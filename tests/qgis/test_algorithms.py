@@ -165,6 +165,34 @@ def test_detectchange_with_b_reprojected_matches_the_cli(provider, tmp_path, s2_
         np.testing.assert_array_equal(_array(str(ours / name)), _array(str(cli / name)), name)
 
 
+def test_detectchange_reads_layers_inside_a_zip(provider, tmp_path, s2_pair, cli_change):
+    """Layers QGIS opened inside a ZIP (/vsizip/): the algorithm reads the file in the archive,
+    not the archive, and maps what the CLI maps from the unzipped pair."""
+    import zipfile
+
+    archive = tmp_path / "pair.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in s2_pair:
+            zf.write(path, os.path.basename(path))
+    layers = [
+        QgsRasterLayer(f"/vsizip/{archive}/{os.path.basename(path)}", name) for path, name in
+        zip(s2_pair, ("a", "b"), strict=True)
+    ]  # fmt: skip
+    assert all(layer.isValid() for layer in layers)
+    ours = tmp_path / "ours"
+    _run(
+        "detectchange",
+        {
+            "INPUT_A": layers[0],
+            "INPUT_B": layers[1],
+            "OUTPUT_PROBABILITY": str(ours / "change_probability.tif"),
+            "OUTPUT_MASK": str(ours / "change_mask.tif"),
+        },
+    )
+    for name in CHANGE_OUTPUTS:
+        np.testing.assert_array_equal(_array(str(ours / name)), _array(str(cli_change / name)))
+
+
 def test_results_loaded_into_the_project_are_styled(provider, s2_pair, landsat_image):
     """The GUI path: temporary outputs loaded on completion get the plugin's styles."""
     import processing

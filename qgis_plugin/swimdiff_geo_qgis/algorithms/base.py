@@ -198,7 +198,11 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
                 "Save it as a GeoTIFF first (Raster > Conversion > Translate)."
             )
         decoded = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
-        return decoded.get("path") or layer.source()
+        if not decoded.get("path"):
+            return layer.source()
+        # a file inside an archive (/vsizip/...) or a Sentinel-2 product's subdataset: decodeUri
+        # splits the GDAL name into prefix, archive and suffix; the engine needs all of it
+        return decoded.get("vsiPrefix", "") + decoded["path"] + decoded.get("vsiSuffix", "")
 
     def raster_output(
         self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
