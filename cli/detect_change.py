@@ -13,8 +13,8 @@ from .options import ProgressBar, echo_log, engine_options, handle_errors, outpu
 
 
 @click.command("detect-change")
-@click.argument("image_a", type=click.Path(dir_okay=False))
-@click.argument("image_b", type=click.Path(dir_okay=False))
+@click.argument("image_a", type=click.Path())
+@click.argument("image_b", type=click.Path())
 @output_dir_option(
     help="Folder for change_probability.tif, change_mask.tif, change_polygons.gpkg, summary.json."
 )
@@ -48,6 +48,9 @@ def detect_change(
     quiet: bool,
 ) -> None:
     """Map change from IMAGE_A (earlier) to IMAGE_B (later).
+
+    Each image is a raster file, a Sentinel-2 product as downloaded (SAFE folder or ZIP) or a
+    folder of band files (docs/inputs.md).
 
     B is warped onto A's grid when their CRS, transform or size differ; outputs cover the
     intersection of their footprints. Nodata in either date is nodata in every output.

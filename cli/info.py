@@ -7,13 +7,17 @@ import os
 
 import click
 
+from swimdiff_geo.inference.band_files import BandFiles, find_band_files, open_band_stack
 from swimdiff_geo.inference.contract import load_model
 from swimdiff_geo.inference.defaults import bundled_models, resolve_model_path
+from swimdiff_geo.inference.io import RasterBackend
 
 from .options import handle_errors, parse_bands
 
 
 def _is_onnx(path: str) -> bool:
+    if os.path.isdir(path):
+        return False
     if path.lower().endswith(".onnx"):
         return True
     with open(path, "rb") as fh:  # ONNX is protobuf: field 1 (ir_version) varint first
@@ -48,16 +52,42 @@ def model_info(path: str) -> dict:
     }
 
 
+def band_files_info(backend: RasterBackend, files: BandFiles) -> dict:
+    """What ``info`` says about a Sentinel-2 product or a folder of band files."""
+    source = open_band_stack(backend, files)
+    try:
+        grid = source.grid
+        return {
+            "path": files.path,
+            "product": files.kind,
+            "processing_baseline": files.processing_baseline,
+            "band_files": files.files,
+            "radiometric_offsets": files.offsets,
+            "nodata": files.nodata,
+            "width": grid.width,
+            "height": grid.height,
+            "count": source.count,
+            "grid_of_band": source.grid_band,
+            "crs": backend.crs_name(grid.crs_wkt),
+            "georeferenced": grid.georeferenced,
+            "resolution": list(grid.pixel_size),
+            "bounds": list(grid.bounds),
+        }
+    finally:
+        source.close()
+
+
 def raster_info(path: str, model_path: str | None, bands: list[int] | None) -> dict:
     from swimdiff_geo.inference.defaults import default_backend
     from swimdiff_geo.inference.errors import InputError
-    from swimdiff_geo.inference.inputs import select_bands, value_scale_warning
+    from swimdiff_geo.inference.inputs import open_input, select_bands, value_scale_warning
 
     backend = default_backend()
-    facts = backend.describe(path)
+    files = find_band_files(path)
+    facts = backend.describe(path) if files is None else band_files_info(backend, files)
     if model_path:
         model = load_model(model_path, device="cpu")
-        source = backend.open(path)
+        source = open_input(backend, path)
         try:
             chosen = select_bands(source, model.contract, bands)
             facts["fits_model"] = {
@@ -98,8 +128,16 @@ def _existing_file_or_bundled_model(
     return path
 
 
+def _existing_path_or_bundled_model(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    if value is not None and os.path.isdir(value):  # a Sentinel-2 product or band folder
+        return value
+    return _existing_file_or_bundled_model(ctx, param, value)
+
+
 @click.command("info")
-@click.argument("path", callback=_existing_file_or_bundled_model)
+@click.argument("path", callback=_existing_path_or_bundled_model)
 @click.option(
     "--model",
     "-m",
@@ -118,7 +156,10 @@ def _existing_file_or_bundled_model(
 @handle_errors
 def info(path: str, model: str | None, bands: list[int] | None, as_json: bool) -> None:
     """Describe PATH: an ONNX model's metadata (a file or a bundled model's name), or a raster's
-    size, bands, CRS, resolution and nodata (and, with --model, whether it fits that model)."""
+    size, bands, CRS, resolution and nodata (and, with --model, whether it fits that model).
+
+    PATH may also be a Sentinel-2 product (SAFE folder, its ZIP) or a folder of band files:
+    then the band files found, the processing baseline and the radiometric offsets applied."""
     facts = model_info(path) if _is_onnx(path) else raster_info(path, model, bands)
     if as_json:
         click.echo(json.dumps(facts, indent=2))

@@ -13,7 +13,7 @@ from .options import ProgressBar, echo_log, engine_options, handle_errors, outpu
 
 
 @click.command("map-landcover")
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image", type=click.Path())
 @output_dir_option(
     help="Folder for landcover.tif, class_areas.csv, summary.json (+ optional outputs)."
 )
@@ -54,7 +54,10 @@ def map_landcover(
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Map land cover in IMAGE with a segmentation or patch-classification model."""
+    """Map land cover in IMAGE with a segmentation or patch-classification model.
+
+    IMAGE is a raster file, a Sentinel-2 product as downloaded (SAFE folder or ZIP) or a folder
+    of band files (docs/inputs.md)."""
     options = LandcoverOptions(
         model=model, stride=stride, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         min_area=min_area, bands=bands, device=device, threads=threads, overwrite=overwrite,

@@ -507,13 +507,25 @@ def parse_option(name: str, raw: Any, spec: dataclasses.Field | None, base: str)
 
 
 def file_stamp(path: str | None) -> dict[str, Any] | None:
-    """``{"path", "size", "mtime_ns"}`` of a file; ``exists: False`` if it is missing."""
+    """``{"path", "size", "mtime_ns"}`` of a file; ``exists: False`` if it is missing.
+
+    A folder (a Sentinel-2 SAFE product, a folder of band files) is stamped by the files in it:
+    their count, total size and latest modification, so replacing a band file redoes the job.
+    """
     if path is None:
         return None
     try:
         st = os.stat(path)
     except OSError:
         return {"path": os.path.abspath(path), "exists": False}
+    if os.path.isdir(path):
+        files = [os.stat(os.path.join(d, f)) for d, _, names in os.walk(path) for f in names]
+        return {
+            "path": os.path.abspath(path),
+            "files": len(files),
+            "size": sum(f.st_size for f in files),
+            "mtime_ns": max((f.st_mtime_ns for f in files), default=st.st_mtime_ns),
+        }
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.model_builders import (
@@ -13,6 +15,7 @@ from tests.model_builders import (
     pointwise_segmentation_model,
     segmentation_contract,
 )
+from tests.sentinel2_safe import write_safe
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"
@@ -47,6 +50,49 @@ def s2_pair() -> tuple[Path, Path]:
     """A real 13-band Sentinel-2 L1C pair (uint16 DN) from an unlabelled OSCD city."""
     folder = SAMPLE_DATA / "s2_pair"
     return folder / "s2_date_a.tif", folder / "s2_date_b.tif"
+
+
+def _write_jp2(path: Path, data: np.ndarray, transform: tuple[float, ...], crs_wkt: str) -> None:
+    """One band as a lossless JPEG 2000, the format of Sentinel-2 products."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    with rasterio.open(
+        path, "w", driver="JP2OpenJPEG", width=data.shape[1], height=data.shape[0], count=1,
+        dtype=data.dtype, crs=CRS.from_wkt(crs_wkt), transform=Affine.from_gdal(*transform),
+        QUALITY=100, REVERSIBLE="YES",
+    ) as dst:  # fmt: skip
+        dst.write(data, 1)
+
+
+def write_s2_product(folder: Path, image: Path, **kwargs) -> Path:
+    """A Sentinel-2 SAFE product (tests/sentinel2_safe.py) of a 13-band 10 m GeoTIFF."""
+    import rasterio
+
+    with rasterio.open(image) as ds:
+        stack, transform, crs = ds.read(), ds.transform.to_gdal(), ds.crs.to_wkt()
+    return write_safe(folder, stack, transform, crs, _write_jp2, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def s2_products(s2_pair, tmp_path_factory) -> dict[str, Path]:
+    """The sample pair as Sentinel-2 products in their download layout: ``a`` (date A, an old
+    product, processing baseline 02.04), ``b_old`` and ``b_new`` (date B as an old product and
+    as a new one, baseline 05.09: digital numbers + 1000, offset -1000 in the metadata), and
+    ``b_zip`` (``b_new`` zipped, as Copernicus Data Space serves it)."""
+    root = tmp_path_factory.mktemp("s2_products")
+    out = {
+        "a": write_s2_product(root / "a", s2_pair[0]),
+        "b_old": write_s2_product(root / "b_old", s2_pair[1], date="20180205"),
+        "b_new": write_s2_product(root / "b_new", s2_pair[1], date="20180205", baseline="05.09"),
+    }
+    zip_path = root / f"{out['b_new'].name[:-5]}.zip"
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for file in sorted(out["b_new"].rglob("*")):
+            archive.write(file, file.relative_to(out["b_new"].parent).as_posix())
+    out["b_zip"] = zip_path
+    return out
 
 
 @pytest.fixture(scope="session")

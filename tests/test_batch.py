@@ -569,3 +569,28 @@ def test_yaml_manifest_with_defaults_and_relative_paths(tmp_path):
     assert result.exit_code == 2
     assert f"{manifest}, job 1 (job_id 'x'), column 'threshold'" in result.output
     assert "column 'image_b': is required" in result.output  # every problem, not just the first
+
+
+def test_jobs_on_sentinel2_products_rerun_when_a_band_file_changes(s2_products, tmp_path):
+    """Manifest rows may name a SAFE folder and a ZIP; the fingerprint covers the files inside
+    the folder, whose own mtime does not change when a file in it is replaced."""
+    product = tmp_path / s2_products["a"].name
+    shutil.copytree(s2_products["a"], product)
+    manifest = write_manifest(
+        tmp_path / "jobs.csv",
+        [{"job_id": "s2", "task": "change", "image": product, "image_b": s2_products["b_zip"]}],
+    )
+    out = tmp_path / "out"
+
+    def run() -> str:
+        result = run_cli("batch", manifest, "-o", out, "-q")
+        assert result.exit_code == 0, result.output
+        return read_report(out)["s2"]["status"]
+
+    assert [run(), run()] == ["done", "skipped_done"]
+    band = next(product.rglob("IMG_DATA/*_B11.jp2"))  # B11 replaced (same bytes, newer mtime)
+    stat = band.stat()
+    os.utime(band, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    assert run() == "done"
+    with rasterio.open(out / "s2" / "change_probability.tif") as ds:
+        assert ds.shape == (198, 198)

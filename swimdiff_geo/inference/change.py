@@ -11,7 +11,7 @@ import numpy as np
 
 from .engine import DateInput, StackedReader, run_sliding_window
 from .errors import InputError
-from .inputs import align_pair, select_bands, value_scale_warning
+from .inputs import align_pair, open_input, select_bands, value_scale_warning
 from .io import RasterSpec, Window
 from .jobs import (
     AreaCounter,
@@ -106,9 +106,9 @@ def detect_change(
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
     sources = []
     try:
-        a = ctx.backend.open(image_a)
+        a = open_input(ctx.backend, image_a, ctx.log)
         sources.append(a)
-        b = ctx.backend.open(image_b)
+        b = open_input(ctx.backend, image_b, ctx.log)
         sources.append(b)
         bands_a = select_bands(a, contract, options.bands)
         bands_b = select_bands(b, contract, options.bands)

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..bands import normalize_band_name
+from .band_files import find_band_files, open_band_stack
 from .contract import ModelContract
 from .errors import InputError
 from .io import Grid, RasterBackend, RasterSource, Window
 
 Log = Callable[[str], None]
+
+
+def open_input(backend: RasterBackend, path: str, log: Log | None = None) -> RasterSource:
+    """Open an input: a raster file, or the band files of a Sentinel-2 product or of a folder
+    (:mod:`.band_files`), stacked on the finest band's grid; ``log`` hears what was stacked."""
+    files = find_band_files(path)
+    if files is None:
+        return backend.open(path)
+    source = open_band_stack(backend, files)
+    if log is not None:
+        grid = source.grid
+        log(
+            f"info: {path}: {files.summary()}; read on the grid of {source.grid_band} "
+            f"({grid.width}x{grid.height} px), the other bands resampled bilinearly"
+        )
+    return source
+
+
+def open_input_on_grid(backend: RasterBackend, path: str, grid: Grid) -> RasterSource:
+    """:func:`open_input` warped (bilinear) onto ``grid``."""
+    files = find_band_files(path)
+    if files is None:
+        return backend.open_on_grid(path, grid)
+    return open_band_stack(backend, files, grid)
 
 
 def select_bands(
@@ -145,13 +169,6 @@ def _pixel_window(grid: Grid, bounds: tuple[float, float, float, float]) -> Wind
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
-def _same_grid(a: Grid, b: Grid) -> bool:
-    return (a.width, a.height) == (b.width, b.height) and all(
-        math.isclose(p, q, rel_tol=0, abs_tol=1e-9 * max(1.0, abs(p)))
-        for p, q in zip(a.transform, b.transform, strict=True)
-    )
-
-
 def align_pair(
     backend: RasterBackend, a: RasterSource, b: RasterSource, log: Log
 ) -> tuple[Grid, RasterSource, tuple[int, int], RasterSource]:
@@ -187,7 +204,7 @@ def align_pair(
         if t[2] != 0 or t[4] != 0:
             raise InputError(src.path, "has a rotated geotransform; warp it north-up first")
     same_crs = backend.same_crs(ga.crs_wkt, gb.crs_wkt)
-    if same_crs and _same_grid(ga, gb):
+    if same_crs and ga.same_pixels(gb):
         return ga, a, (0, 0), b
     b_bounds = (
         gb.bounds if same_crs else backend.transform_bounds(gb.bounds, gb.crs_wkt, ga.crs_wkt)
@@ -205,4 +222,4 @@ def align_pair(
         f"info: {b.path} is {how} onto the grid of {a.path} (bilinear); "
         f"working on their intersection, {grid.width}x{grid.height} px"
     )
-    return grid, a, (window.col_off, window.row_off), backend.open_on_grid(b.path, grid)
+    return grid, a, (window.col_off, window.row_off), open_input_on_grid(backend, b.path, grid)

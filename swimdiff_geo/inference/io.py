@@ -13,6 +13,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -68,6 +69,13 @@ class Grid:
         x = x0 + window.col_off * dx + window.row_off * rx
         y = y0 + window.col_off * ry + window.row_off * dy
         return Grid(window.width, window.height, (x, dx, rx, y, ry, dy), self.crs_wkt)
+
+    def same_pixels(self, other: Grid) -> bool:
+        """Same size and geotransform (to 1e-9 of the values); CRS not compared."""
+        return (self.width, self.height) == (other.width, other.height) and all(
+            math.isclose(p, q, rel_tol=0, abs_tol=1e-9 * max(1.0, abs(p)))
+            for p, q in zip(self.transform, other.transform, strict=True)
+        )
 
     @property
     def pixel_size(self) -> tuple[float, float]:
@@ -164,8 +172,12 @@ class RasterBackend(Protocol):
     def open(self, path: str) -> RasterSource:
         """Open a raster; InputError (naming ``path``) if missing, not a raster, or corrupt."""
 
-    def open_on_grid(self, path: str, grid: Grid) -> RasterSource:
-        """Open ``path`` warped (bilinear) onto ``grid``; pixels outside the source are invalid."""
+    def open_on_grid(self, path: str, grid: Grid, nodata: float | None = None) -> RasterSource:
+        """Open ``path`` warped (bilinear) onto ``grid``; pixels outside the source are invalid.
+
+        ``nodata``: the source's nodata value where the file declares none (Sentinel-2's 0), so
+        the bilinear kernel does not blend it into valid pixels.
+        """
 
     def transform_bounds(
         self, bounds: tuple[float, float, float, float], src_crs_wkt: str, dst_crs_wkt: str

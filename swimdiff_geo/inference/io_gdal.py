@@ -246,12 +246,12 @@ class GdalBackend:
         count = ds.RasterCount
         return GdalSource(path, ds, count)
 
-    def open_on_grid(self, path: str, grid: Grid) -> GdalSource:
+    def open_on_grid(self, path: str, grid: Grid, nodata: float | None = None) -> GdalSource:
         """Open ``path`` as a bilinear warped VRT on ``grid``; outside the source is invalid.
 
-        Same warp as :mod:`.io_rasterio`'s ``WarpedVRT``: the source nodata value (if declared)
-        is the source and destination nodata, so pixels outside the footprint read as nodata;
-        without one, an alpha band marks them.
+        Same warp as :mod:`.io_rasterio`'s ``WarpedVRT``: the source nodata value (declared, else
+        ``nodata``) is the source and destination nodata, so pixels outside the footprint read
+        as nodata; without one, an alpha band marks them.
         """
         path = str(path)
         if grid.crs_wkt is None:
@@ -265,7 +265,8 @@ class GdalBackend:
                 "has no CRS, so it cannot be reprojected onto the first image's grid "
                 "(give two images on the same pixel grid, or georeference it)",
             )
-        nodata = src.GetRasterBand(1).GetNoDataValue()
+        declared = src.GetRasterBand(1).GetNoDataValue()
+        nodata = declared if declared is not None else nodata
         x0, dx, rx, y0, ry, dy = grid.transform
         if rx != 0 or ry != 0 or dy >= 0:
             src = None

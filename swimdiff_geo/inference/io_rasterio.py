@@ -133,10 +133,11 @@ class RasterioBackend:
     name = "rasterio"
 
     def _open_dataset(self, path: str) -> Any:
-        if not os.path.exists(path):
-            raise InputError(path, "file not found")
-        if os.path.isdir(path):
-            raise InputError(path, "is a folder, not a raster file")
+        if not path.startswith("/vsi"):  # GDAL virtual file systems have no local file
+            if not os.path.exists(path):
+                raise InputError(path, "file not found")
+            if os.path.isdir(path):
+                raise InputError(path, "is a folder, not a raster file")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -151,12 +152,16 @@ class RasterioBackend:
     def open(self, path: str) -> RasterioSource:
         return RasterioSource(path, self._open_dataset(path))
 
-    def open_on_grid(self, path: str, grid: Grid) -> RasterioSource:
+    def open_on_grid(self, path: str, grid: Grid, nodata: float | None = None) -> RasterioSource:
         ds = self._open_dataset(path)
         if grid.crs_wkt is None:
             ds.close()
             raise ValueError("open_on_grid needs a georeferenced target grid")
-        # Without a declared nodata, an alpha band marks pixels outside the source footprint.
+        src_nodata = ds.nodata if ds.nodata is not None else nodata
+        # Without a nodata value, an alpha band marks pixels outside the source footprint.
+        nodata_options = {"src_nodata": src_nodata, "nodata": src_nodata}
+        if src_nodata is None:
+            nodata_options = {}
         vrt = WarpedVRT(
             ds,
             crs=CRS.from_wkt(grid.crs_wkt),
@@ -164,7 +169,8 @@ class RasterioBackend:
             width=grid.width,
             height=grid.height,
             resampling=Resampling.bilinear,
-            add_alpha=ds.nodata is None,
+            add_alpha=src_nodata is None,
+            **nodata_options,
         )
         source = RasterioSource(path, vrt, owner=ds)
         source.count = ds.count  # the alpha band is not a data band

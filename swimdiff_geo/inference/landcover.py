@@ -21,7 +21,7 @@ import numpy as np
 
 from .engine import DateInput, StackedReader, _read_ahead, run_sliding_window
 from .errors import CancelledError, InputError
-from .inputs import select_bands, value_scale_warning
+from .inputs import open_input, select_bands, value_scale_warning
 from .io import Grid, RasterSpec, Window
 from .jobs import (
     AreaCounter,
@@ -115,7 +115,7 @@ def map_landcover(
     class_ids = contract.class_ids()
     if max(class_ids) >= CLASS_NODATA or min(class_ids) < 0:
         raise InputError(ctx.model.path, "class ids must lie in 0..254 for a uint8 class map")
-    source = ctx.backend.open(image)
+    source = open_input(ctx.backend, image, ctx.log)
     try:
         bands = select_bands(source, contract, options.bands)
         if warning := value_scale_warning(source, bands, contract):

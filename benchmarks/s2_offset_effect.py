@@ -1,0 +1,93 @@
+"""What the +1000 of Sentinel-2 processing baseline 04.00 does to the bundled change model when
+a product is stacked by hand, without the metadata that records it.
+
+Since 25 January 2022 ESA adds 1000 to every L1C digital number (``RADIO_ADD_OFFSET = -1000``
+in ``MTD_MSIL1C.xml``). The engine removes it when it reads the product (SAFE folder or ZIP,
+swimdiff_geo.inference.band_files); a GeoTIFF stacked from the band files carries no such
+record. This scores the bundled change model on labelled OSCD cities (2015-2018, before the
+offset) three ways: as distributed; date B + 1000 (an old image against a new product stacked
+by hand); both dates + 1000 (two new products stacked by hand).
+
+    python benchmarks/s2_offset_effect.py /path/to/shared/data/oscd \\
+        [--cities bordeaux,mumbai,saclay_e]
+
+Prints a Markdown table (precision / recall / F1 of the change class per city and pooled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cva_otsu_oscd import counts, score_cell, scores, write_stack  # noqa: E402
+
+from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root  # noqa: E402
+from swimdiff_geo.inference.change import (  # noqa: E402
+    ChangeOptions,
+    ChangeOutputs,
+    detect_change,
+)
+
+NEW_BASELINE_OFFSET = 1000
+VARIANTS = {
+    "as distributed": (0, 0),
+    "date B + 1000 (stacked by hand)": (0, NEW_BASELINE_OFFSET),
+    "both dates + 1000 (stacked by hand)": (NEW_BASELINE_OFFSET, NEW_BASELINE_OFFSET),
+}
+
+
+def _shifted(path: Path, offset: int) -> Path:
+    """``path`` with ``offset`` added to every valid (non-zero) digital number."""
+    if not offset:
+        return path
+    out = path.with_name(f"{path.stem}_plus{offset}.tif")
+    with rasterio.open(path) as src:
+        data, profile = src.read(), src.profile
+        descriptions = src.descriptions
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(np.where(data > 0, data.astype(np.int64) + offset, 0).astype(data.dtype))
+        dst.descriptions = descriptions
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("oscd", type=Path)
+    parser.add_argument("--cities", default="bordeaux,mumbai,saclay_e")
+    args = parser.parse_args()
+    root = find_oscd_root(args.oscd)
+    cities = args.cities.split(",")
+    results: dict[str, dict[str, np.ndarray]] = {v: {} for v in VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for name in cities:
+            city = OSCDCity(root, name)
+            truth = city.read_labels().astype(bool)
+            stacks = [tmp / f"{name}_{d}.tif" for d in (1, 2)]
+            for d, path in zip((1, 2), stacks, strict=True):
+                write_stack(city, d, path)
+            for variant, (offset_a, offset_b) in VARIANTS.items():
+                a, b = _shifted(stacks[0], offset_a), _shifted(stacks[1], offset_b)
+                run = tmp / f"{name}_{offset_a}_{offset_b}"
+                outputs = ChangeOutputs.in_dir(str(run), polygons=False)
+                detect_change(str(a), str(b), outputs, ChangeOptions(device="cpu"))
+                with rasterio.open(outputs.mask) as m:
+                    results[variant][name] = counts(m.read(1) == 1, truth)
+            print(name, "done", flush=True)
+    header = " | ".join(cities)
+    print(f"| input | {header} | **pooled** |")
+    print("|---|" + "---|" * (len(cities) + 1))
+    for variant, by_city in results.items():
+        cells = [score_cell(scores(c)) for c in by_city.values()]
+        cells.append(f"**{score_cell(scores(sum(by_city.values())))}**")
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
