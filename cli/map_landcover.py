@@ -49,6 +49,8 @@ def map_landcover(
     batch_size: int,
     min_area: float,
     bands: list[int] | None,
+    extent: tuple[float, float, float, float] | None,
+    extent_crs: str,
     device: str,
     threads: int,
     overwrite: bool,
@@ -60,7 +62,8 @@ def map_landcover(
     of band files (docs/inputs.md)."""
     options = LandcoverOptions(
         model=model, stride=stride, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        min_area=min_area, bands=bands, device=device, threads=threads, overwrite=overwrite,
+        min_area=min_area, bands=bands, extent=extent, extent_crs=extent_crs, device=device,
+        threads=threads, overwrite=overwrite,
     )  # fmt: skip
     bar = ProgressBar("map-landcover", quiet)
     try:

@@ -25,6 +25,20 @@ def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -
     return bands
 
 
+def parse_extent_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[float, float, float, float] | None:
+    """``--extent LEFT,BOTTOM,RIGHT,TOP`` -> a tuple of four numbers."""
+    from swimdiff_geo.inference.inputs import parse_extent
+
+    if value is None:
+        return None
+    try:
+        return parse_extent(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def output_dir_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--output/-o OUTDIR`` (required), the folder a command writes its outputs into."""
     return click.option(
@@ -78,6 +92,20 @@ bands_option = click.option(
     help="Raster band numbers (1-based) in the model's band order. Default: by band "
     "descriptions, else all bands in order.",
 )
+extent_option = click.option(
+    "--extent",
+    callback=parse_extent_option,
+    default=None,
+    metavar="LEFT,BOTTOM,RIGHT,TOP",
+    help="Map only this area (the input pixels whose centres lie inside it), in --extent-crs. "
+    "Default: the whole input.",
+)
+extent_crs_option = click.option(
+    "--extent-crs",
+    default="EPSG:4326",
+    show_default=True,
+    help="CRS of --extent: EPSG:4326 is longitude/latitude; or e.g. EPSG:32633, or a WKT.",
+)
 device_option = click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -108,6 +136,8 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
             batch_size_option,
             min_area_option,
             bands_option,
+            extent_option,
+            extent_crs_option,
             device_option,
             threads_option,
             overwrite_option,

@@ -469,6 +469,10 @@ def parse_option(name: str, raw: Any, spec: dataclasses.Field | None, base: str)
         return _resolve(raw, base)
     if name == "bands":
         return _bands(raw)
+    if name == "extent":
+        from .inference.inputs import parse_extent
+
+        return parse_extent(raw)
     if name == "device":
         value = str(raw).strip().lower()
         if value not in DEVICES:

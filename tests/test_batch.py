@@ -594,3 +594,27 @@ def test_jobs_on_sentinel2_products_rerun_when_a_band_file_changes(s2_products, 
     assert run() == "done"
     with rasterio.open(out / "s2" / "change_probability.tif") as ds:
         assert ds.shape == (198, 198)
+
+
+def test_extent_column_maps_the_area_as_the_command_does(
+    landsat_pair, landsat_segmentation_model, tmp_path
+):
+    extent = "-74.6 -8.5 -74.4 -8.35"
+    row = {"job_id": "lc", "task": "landcover", "image": landsat_pair[1],
+           "model": landsat_segmentation_model, "extent": extent}  # fmt: skip
+    manifest = write_manifest(tmp_path / "jobs.csv", [row])
+    result = run_cli("batch", manifest, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    single = tmp_path / "single"
+    result = run_cli("map-landcover", landsat_pair[1], "-o", single, "-m",
+                     landsat_segmentation_model, "--extent", extent.replace(" ", ","))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "out" / "lc" / "landcover.tif") as got:
+        with rasterio.open(single / "landcover.tif") as want:
+            assert got.shape == want.shape and got.shape != (377, 697)
+            np.testing.assert_array_equal(got.read(), want.read())
+
+    write_manifest(manifest, [row | {"extent": "-74.4 -8.5 -74.6 -8.35"}])
+    result = run_cli("batch", manifest, "-o", tmp_path / "out2", "-q")
+    assert result.exit_code != 0
+    assert "extent" in result.output and "left < right" in result.output

@@ -11,7 +11,13 @@ import numpy as np
 
 from .engine import DateInput, StackedReader, run_sliding_window
 from .errors import InputError
-from .inputs import align_pair, open_input, select_bands, value_scale_warning
+from .inputs import (
+    align_pair,
+    extent_window,
+    open_input,
+    select_bands,
+    value_scale_warning,
+)
 from .io import RasterSpec, Window
 from .jobs import (
     AreaCounter,
@@ -23,6 +29,7 @@ from .jobs import (
     checked_summary,
     crs_info_of,
     engine_summary,
+    extent_summary,
     model_summary,
     regions_layer,
     start_job,
@@ -118,10 +125,17 @@ def detect_change(
         grid, a, a_offset, b_on_grid = align_pair(ctx.backend, a, b, ctx.log)
         if b_on_grid is not b:
             sources.append(b_on_grid)
+        b_offset = (0, 0)
+        if options.extent is not None:
+            window = extent_window(ctx.backend, grid, options.extent, options.extent_crs, image_a)
+            grid = grid.subgrid(window)
+            a_offset = (a_offset[0] + window.col_off, a_offset[1] + window.row_off)
+            b_offset = (window.col_off, window.row_off)
+            ctx.log(f"info: mapping the extent: {grid.width}x{grid.height} px")
         if check_only:
             return checked_summary(ctx, grid)
         reader = StackedReader(
-            [DateInput(a, bands_a, a_offset), DateInput(b_on_grid, bands_b)], contract
+            [DateInput(a, bands_a, a_offset), DateInput(b_on_grid, bands_b, b_offset)], contract
         )
         crs = crs_info_of(ctx.backend, grid)
         with OutputTransaction(outputs.paths(), overwrite=options.overwrite) as tx:
@@ -229,6 +243,7 @@ def _summary(ctx, image_a, image_b, grid, threshold, options, counter, windows_r
         "model": model_summary(ctx.model),
         "threshold": threshold,
         "min_area_m2": options.min_area,
+        **extent_summary(options),
         "pixels": {
             "total": grid.width * grid.height,
             "valid": valid,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -167,6 +169,57 @@ def _pixel_window(grid: Grid, bounds: tuple[float, float, float, float]) -> Wind
     if col1 <= col0 or row1 <= row0:
         return None
     return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def parse_extent(text: str | Sequence[float]) -> tuple[float, float, float, float]:
+    """``"left,bottom,right,top"`` (commas or spaces) or four numbers -> a checked tuple;
+    ValueError naming what is wrong."""
+    items = re.split(r"[,;\s]+", text.strip()) if isinstance(text, str) else list(text)
+    try:
+        values = tuple(float(v) for v in items if v != "")
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"expected four numbers left,bottom,right,top, got {text!r}")
+    left, bottom, right, top = values
+    if not (left < right and bottom < top):
+        raise ValueError(f"expected left < right and bottom < top, got {text!r}")
+    return left, bottom, right, top
+
+
+def extent_window(
+    backend: RasterBackend,
+    grid: Grid,
+    extent: Sequence[float],
+    extent_crs: str,
+    path: str,
+) -> Window:
+    """The window of ``grid`` (the grid of input ``path``) whose pixel centres lie inside
+    ``extent`` ``(left, bottom, right, top)`` in ``extent_crs``.
+
+    Raises ValueError for an extent that is not four numbers with left < right and bottom <
+    top, InputError for a CRS
+    the backend cannot parse, an input without georeferencing, or an extent holding no pixel.
+    """
+    left, bottom, right, top = parse_extent(extent)
+    if not grid.georeferenced:
+        raise InputError(path, "is not georeferenced, so an extent cannot be located in it")
+    try:
+        bounds = backend.transform_bounds((left, bottom, right, top), extent_crs, grid.crs_wkt)
+    except Exception as exc:  # each backend's own CRS error
+        raise InputError(
+            None, f"extent CRS {extent_crs!r} is not a CRS (give e.g. EPSG:4326 or a WKT): {exc}"
+        ) from exc
+    window = _pixel_window(grid, bounds)
+    if window is None:
+        crs = backend.crs_name(grid.crs_wkt)
+        footprint = ", ".join(f"{v:.6g}" for v in grid.bounds)
+        raise InputError(
+            path,
+            f"holds no pixel of the extent {', '.join(f'{v:g}' for v in extent)} "
+            f"({extent_crs}); its footprint is {footprint} in {crs}",
+        )
+    return window
 
 
 def align_pair(

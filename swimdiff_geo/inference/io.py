@@ -182,7 +182,8 @@ class RasterBackend(Protocol):
     def transform_bounds(
         self, bounds: tuple[float, float, float, float], src_crs_wkt: str, dst_crs_wkt: str
     ) -> tuple[float, float, float, float]:
-        """Reproject (left, bottom, right, top), densifying edges."""
+        """Reproject (left, bottom, right, top), densifying edges. The CRS may be WKT or any
+        user input the library parses (``EPSG:4326``)."""
 
     def same_crs(self, crs_a: str, crs_b: str) -> bool: ...
 

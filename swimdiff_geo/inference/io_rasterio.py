@@ -185,7 +185,10 @@ class RasterioBackend:
 
         return tuple(
             transform_bounds(
-                CRS.from_wkt(src_crs_wkt), CRS.from_wkt(dst_crs_wkt), *bounds, densify_pts=21
+                CRS.from_user_input(src_crs_wkt),
+                CRS.from_user_input(dst_crs_wkt),
+                *bounds,
+                densify_pts=21,
             )
         )
 

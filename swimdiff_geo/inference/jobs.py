@@ -32,7 +32,9 @@ class EngineOptions:
 
     ``overlap`` is a percentage of the tile; ``min_area`` is in m^2; ``bands`` are 1-based
     raster band indices for one date, in the model's band order; ``threads`` = 0 lets
-    onnxruntime choose.
+    onnxruntime choose. ``extent`` ``(left, bottom, right, top)`` in ``extent_crs`` (any CRS
+    the backend parses: ``EPSG:32633``, WKT; default longitude/latitude) restricts the job to
+    the pixels of the input grid whose centres lie inside it; None maps the whole input.
     """
 
     model: str | None = None
@@ -45,6 +47,8 @@ class EngineOptions:
     threads: int = 0
     overwrite: bool = False
     read_ahead: bool = True
+    extent: tuple[float, float, float, float] | None = None
+    extent_crs: str = "EPSG:4326"
 
 
 @dataclass
@@ -255,6 +259,13 @@ def model_summary(model: LoadedModel) -> dict[str, Any]:
         "bands": c.bands,
         "providers": model.providers,
     }
+
+
+def extent_summary(options: EngineOptions) -> dict[str, Any]:
+    """``{"extent": {"bounds", "crs"}}`` for a job restricted to an extent, else nothing."""
+    if options.extent is None:
+        return {}
+    return {"extent": {"bounds": [float(v) for v in options.extent], "crs": options.extent_crs}}
 
 
 def checked_summary(ctx: JobContext, grid: Grid) -> dict[str, Any]:

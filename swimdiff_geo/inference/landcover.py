@@ -21,7 +21,7 @@ import numpy as np
 
 from .engine import DateInput, StackedReader, _read_ahead, run_sliding_window
 from .errors import CancelledError, InputError
-from .inputs import open_input, select_bands, value_scale_warning
+from .inputs import extent_window, open_input, select_bands, value_scale_warning
 from .io import Grid, RasterSpec, Window
 from .jobs import (
     AreaCounter,
@@ -34,6 +34,7 @@ from .jobs import (
     checked_summary,
     crs_info_of,
     engine_summary,
+    extent_summary,
     model_summary,
     regions_layer,
     start_job,
@@ -120,15 +121,22 @@ def map_landcover(
         bands = select_bands(source, contract, options.bands)
         if warning := value_scale_warning(source, bands, contract):
             ctx.log(warning)
+        image_grid, offset = source.grid, (0, 0)
+        if options.extent is not None:
+            window = extent_window(
+                ctx.backend, image_grid, options.extent, options.extent_crs, image
+            )
+            image_grid, offset = image_grid.subgrid(window), (window.col_off, window.row_off)
+            ctx.log(f"info: mapping the extent: {image_grid.width}x{image_grid.height} px")
         if contract.model_type == "classification":
             stride = options.stride or max(1, ctx.tile_size // 2)
-            grid = _strided_grid(source.grid, stride)
+            grid = _strided_grid(image_grid, stride)
         else:
             stride = 1
-            grid = source.grid
+            grid = image_grid
         if check_only:
             return checked_summary(ctx, grid)
-        reader = StackedReader([DateInput(source, bands)], contract)
+        reader = StackedReader([DateInput(source, bands, offset)], contract)
         crs = crs_info_of(ctx.backend, grid)
         names = [contract.class_names.get(str(i), "") for i in range(max(class_ids) + 1)]
         colors = {
@@ -171,7 +179,7 @@ def map_landcover(
                 windows_run = _run_patch_classifier(
                     ctx,
                     reader,
-                    source.grid,
+                    image_grid,
                     grid,
                     stride,
                     options.batch_size,
@@ -208,6 +216,7 @@ def map_landcover(
                 "valid_area_m2": float(counter.area_m2.sum()) if counter.area_m2 is not None
                 else None,
                 "min_area_m2": options.min_area,
+                **extent_summary(options),
                 "polygons": n_polygons,
                 "engine": engine_summary(ctx, grid, windows_run),
                 "warnings": list(ctx.warnings),

@@ -11,8 +11,11 @@ import fiona
 import numpy as np
 import pytest
 import rasterio
+import rasterio.windows
+from click.testing import CliRunner
 from rasterio.features import rasterize
-from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
+from swimdiff_geo.cli.main import cli
 
 from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change
 
@@ -250,3 +253,53 @@ def test_inputs_on_another_scale_than_the_training_data_warn(s2_pair, tmp_path):
         assert warning.startswith(f"warning: {path}: pixel values look ")
         factor = float(re.search(r"look ([\d,]+)x smaller", warning)[1].replace(",", ""))
         assert 3_000 < factor < 30_000  # DN / 10000 against a model of DN x 1e-4
+
+
+def _window_bounds(path, col, row, width, height, inset=0.25):
+    """Bounds of a pixel window of ``path`` in its CRS, ``inset`` pixels inside its edges (so
+    which pixels it holds does not hang on rounding at their edges)."""
+    with rasterio.open(path) as ds:
+        t = ds.transform
+    left, top = t * (col + inset, row + inset)
+    right, bottom = t * (col + width - inset, row + height - inset)
+    return left, bottom, right, top
+
+
+def test_extent_maps_only_that_area_in_any_crs(landsat_pair, landsat_change_model, tmp_path):
+    """An extent gives the window of the whole-scene run holding it (the model is pointwise,
+    so tiling makes no difference), whether it is given in the image's CRS or in web
+    Mercator."""
+    full, _ = _run(*landsat_pair, tmp_path / "full", landsat_change_model)
+    col, row, width, height = 100, 60, 150, 90
+    lonlat = _window_bounds(landsat_pair[0], col, row, width, height)
+    mercator = transform_bounds("EPSG:4326", "EPSG:3857", *lonlat)
+    with rasterio.open(full.probability) as ds:
+        expected = ds.read(1, window=rasterio.windows.Window(col, row, width, height))
+        expected_transform = ds.window_transform(rasterio.windows.Window(col, row, width, height))
+    for name, extent, crs in (("lonlat", lonlat, "EPSG:4326"), ("mercator", mercator, "EPSG:3857")):
+        outputs, summary = _run(*landsat_pair, tmp_path / name, landsat_change_model,
+                                extent=extent, extent_crs=crs)  # fmt: skip
+        with rasterio.open(outputs.probability) as ds:
+            assert ds.shape == (height, width)
+            assert ds.transform.almost_equals(expected_transform)
+            # equal but for float rounding in the blending (weights sum to 1 in another order)
+            np.testing.assert_allclose(ds.read(1), expected, rtol=0, atol=1e-6)
+        assert summary["extent"] == {"bounds": list(extent), "crs": crs}
+
+
+def test_extent_outside_the_image_names_it_and_writes_nothing(
+    landsat_pair, landsat_change_model, tmp_path
+):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, [
+        "detect-change", str(landsat_pair[0]), str(landsat_pair[1]), "-o", str(out),
+        "-m", str(landsat_change_model), "--extent", "10,50,11,51",
+    ])  # fmt: skip
+    assert result.exit_code == 1
+    assert f"{landsat_pair[0]}: holds no pixel of the extent 10, 50, 11, 51" in result.output
+    assert not out.exists() or not list(out.iterdir())
+    result = CliRunner().invoke(cli, [
+        "detect-change", str(landsat_pair[0]), str(landsat_pair[1]), "-o", str(out),
+        "--extent", "11,50,10,51",
+    ])  # fmt: skip
+    assert result.exit_code == 2 and "left < right" in result.output

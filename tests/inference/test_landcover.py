@@ -10,6 +10,7 @@ import fiona
 import numpy as np
 import pytest
 import rasterio
+import rasterio.windows
 from click.testing import CliRunner
 from swimdiff_geo.cli.main import cli
 
@@ -220,3 +221,38 @@ def test_inputs_on_another_scale_than_the_training_data_warn(landsat_pair, tmp_p
     assert warning.startswith(f"warning: {wide}: pixel values look ")
     factor = float(re.search(r"look ([\d,]+)x larger", warning)[1].replace(",", ""))
     assert 30 < factor < 300
+
+
+def test_extent_maps_the_window_holding_it(landsat_pair, landsat_segmentation_model, models_dir,
+                                           tmp_path):  # fmt: skip
+    """Segmentation: the window of the whole-image class map (pointwise model). Patch
+    classifier: its strided grid starts at the extent's first pixel."""
+    image = str(landsat_pair[1])
+    with rasterio.open(image) as ds:
+        t = ds.transform
+    col, row, width, height = 200, 100, 120, 64
+    left, top = t * (col + 0.25, row + 0.25)
+    right, bottom = t * (col + width - 0.25, row + height - 0.25)
+    extent = (left, bottom, right, top)
+    full = LandcoverOutputs.in_dir(str(tmp_path / "full"))
+    map_landcover(image, full, LandcoverOptions(model=str(landsat_segmentation_model)))
+    part = LandcoverOutputs.in_dir(str(tmp_path / "part"))
+    summary = map_landcover(image, part, LandcoverOptions(model=str(landsat_segmentation_model),
+                                                           extent=extent))  # fmt: skip
+    window = rasterio.windows.Window(col, row, width, height)
+    with rasterio.open(full.landcover) as f, rasterio.open(part.landcover) as p:
+        assert p.transform.almost_equals(f.window_transform(window))
+        np.testing.assert_array_equal(p.read(1), f.read(1, window=window))
+    assert summary["extent"]["bounds"] == list(extent)
+
+    model = mean_pool_classifier_model(
+        str(models_dir / "classifier_extent.onnx"),
+        classification_contract(LANDSAT_BANDS, LANDCOVER_CLASSES, input_scale=1 / 255),
+        np.array(LANDCOVER_WEIGHTS),
+    )
+    cells = LandcoverOutputs.in_dir(str(tmp_path / "cells"))
+    map_landcover(image, cells, LandcoverOptions(model=model, stride=16, tile_size=32,
+                                                 extent=extent))  # fmt: skip
+    with rasterio.open(cells.landcover) as lc:
+        assert (lc.width, lc.height) == (-(-width // 16), -(-height // 16))
+        assert (lc.bounds.left, lc.bounds.top) == pytest.approx(t * (col, row))

@@ -253,6 +253,29 @@ def test_detectchange_outputs_are_styled(plugin_change):
     assert isinstance(probability.renderer(), QgsSingleBandPseudoColorRenderer)
 
 
+def test_extent_in_another_crs_maps_what_the_cli_maps(provider, tmp_path, landsat_image, main_cli):
+    """EXTENT as QGIS gives it (x/y minima and maxima, with its own CRS, here web Mercator)
+    restricts the map as the CLI's --extent/--extent-crs do."""
+    left, bottom, right, top = -8305000.0, -945000.0, -8285000.0, -930000.0  # EPSG:3857, metres
+    result = _run(
+        "maplandcover",
+        {
+            "INPUT": landsat_image,
+            "EXTENT": f"{left},{right},{bottom},{top} [EPSG:3857]",
+            "OUTPUT": str(tmp_path / "landcover.tif"),
+        },
+    )
+    cli = tmp_path / "cli"
+    extent = f"--extent={left},{bottom},{right},{top}"
+    done = main_cli("map-landcover", landsat_image, "-o", str(cli), "-q", extent,
+                    "--extent-crs", "EPSG:3857")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ours, theirs = _array(result["OUTPUT"]), _array(str(cli / "landcover.tif"))
+    assert ours.shape == theirs.shape and ours.shape != _array(landsat_image).shape[1:]
+    np.testing.assert_array_equal(ours, theirs)
+    assert _grid(result["OUTPUT"]) == _grid(str(cli / "landcover.tif"))
+
+
 def test_maplandcover_matches_the_cli(provider, tmp_path, cli_landcover, landsat_image):
     result = _run(
         "maplandcover",

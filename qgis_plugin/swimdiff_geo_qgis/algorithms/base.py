@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
@@ -34,6 +35,7 @@ _CLI_OPTION_TO_PARAMETER = {
     "--tile-size": "TILE_SIZE",
     "--overlap": "OVERLAP",
     "--threshold": "THRESHOLD",
+    "--extent": "EXTENT",
 }
 _CLI_OPTION = re.compile(r"(?:" + "|".join(map(re.escape, _CLI_OPTION_TO_PARAMETER)) + r")\b")
 
@@ -89,6 +91,28 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
         )
         bands.setFlags(bands.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(bands)
+
+    def add_extent_parameter(self) -> None:
+        """EXTENT (optional): map only this area; empty maps the whole input."""
+        self.addParameter(
+            QgsProcessingParameterExtent(
+                "EXTENT", self.tr("Area to map (empty: the whole input)"), optional=True
+            )
+        )
+
+    def extent(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        """``extent`` and ``extent_crs`` options from EXTENT (nothing when empty): the
+        rectangle in its own CRS (the map canvas's or the layer's it was drawn on)."""
+        if not self.is_set(parameters, "EXTENT"):
+            return {}
+        rect = self.parameterAsExtent(parameters, "EXTENT", context)
+        if rect.isNull() or rect.isEmpty():
+            return {}
+        crs = self.parameterAsExtentCrs(parameters, "EXTENT", context)
+        return {
+            "extent": (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
+            "extent_crs": crs.toWkt() if crs.isValid() else "EPSG:4326",
+        }
 
     def add_tiling_parameters(self) -> None:
         """TILE_SIZE and OVERLAP (advanced; empty = the model's metadata)."""

@@ -63,6 +63,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
         self.addParameter(
             QgsProcessingParameterRasterLayer("INPUT_B", self.tr("Image B (later date)"))
         )
+        self.add_extent_parameter()
         self.add_model_parameter("Change-detection ONNX model (empty: the bundled default)")
         self.addParameter(
             QgsProcessingParameterNumber(
@@ -119,6 +120,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
             bands=self.bands(parameters, context),
             min_area=self.parameterAsDouble(parameters, "MIN_AREA", context),
             overwrite=True,  # QGIS asked the user already; destinations are replaced
+            **self.extent(parameters, context),
         )
         self.engine_origin(feedback)
         summary = self.run_engine(
