@@ -66,6 +66,7 @@ class BandFiles:
     offsets: dict[str, float] = field(default_factory=dict)
     nodata: float | None = None
     processing_baseline: str | None = None
+    warning: str | None = None  # what the reader could not do, for the job's log
 
     def summary(self) -> str:
         """One line for the log: what was found and what is done to it."""
@@ -175,7 +176,16 @@ def _product(
     files = _pick_band_files(display, image_files, to_path)
     metadata = read_metadata()
     if metadata is None:
-        return BandFiles(display, "Sentinel-2 granule", files, nodata=0.0)
+        return BandFiles(
+            display,
+            "Sentinel-2 granule",
+            files,
+            nodata=0.0,
+            warning="no product metadata (MTD_MSIL1C.xml two folders up), so the +1000 that "
+            "products of processing baseline 04.00 and later (since January 2022) add to the "
+            "digital numbers cannot be removed; if this granule is that recent, give the whole "
+            "product (SAFE folder or ZIP)",
+        )
     name, xml = metadata
     kind, baseline, offsets, nodata = _metadata(xml, f"{display} ({name})")
     return BandFiles(display, kind, files, offsets, nodata, baseline)
@@ -191,7 +201,9 @@ def _from_zip(path: str) -> BandFiles:
         roots = [m for m in members if os.path.basename(m) in PRODUCT_METADATA]
         if not roots:
             raise InputError(
-                path, "is a ZIP without a Sentinel-2 product in it (no MTD_MSIL1C.xml)"
+                path,
+                "is a ZIP without a Sentinel-2 product in it (no MTD_MSIL1C.xml); for a raster "
+                f"inside a ZIP give its GDAL path, /vsizip/{path}/<file in the archive>",
             )
         root = os.path.dirname(min(roots, key=len))
         prefix = f"{root}/" if root else ""

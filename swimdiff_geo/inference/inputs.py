@@ -30,6 +30,8 @@ def open_input(backend: RasterBackend, path: str, log: Log | None = None) -> Ras
             f"info: {path}: {files.summary()}; read on the grid of {source.grid_band} "
             f"({grid.width}x{grid.height} px), the other bands resampled bilinearly"
         )
+        if files.warning:
+            log(f"warning: {path}: {files.warning}")
     return source
 
 

@@ -146,7 +146,7 @@ def test_nodata_of_the_product_is_nodata_in_the_outputs(s2_products, tmp_path):
 
 def test_folder_of_band_files_and_granule_folder(s2_products, tmp_path):
     """OSCD's layout (a folder of ..._B01.tif files) and one granule of a SAFE read as the
-    product does."""
+    product does; a granule without its product warns that no offset could be removed."""
     reference, _, _ = _read_all(s2_products["a"])
     folder = tmp_path / "imgs_1"
     folder.mkdir()
@@ -158,10 +158,20 @@ def test_folder_of_band_files_and_granule_folder(s2_products, tmp_path):
                 dst.write(ds.read())
     (folder / "dates.txt").write_text("not a raster\n")
     from_folder, _, source = _read_all(folder)
-    granule = next((s2_products["a"] / "GRANULE").iterdir())
-    from_granule, _, _ = _read_all(granule)
     assert source.band_descriptions == BANDS
-    assert np.array_equal(from_granule, reference)
+    # a granule inside its product: the product's metadata (the offset) found two levels up
+    granule = next((s2_products["b_new"] / "GRANULE").iterdir())
+    from_granule, _, _ = _read_all(granule)
+    assert np.array_equal(from_granule, _read_all(s2_products["b_new"])[0])
+    # a granule on its own: read as it is, with a warning that no offset could be removed
+    alone = tmp_path / granule.name
+    shutil.copytree(granule, alone)
+    outputs = ChangeOutputs.in_dir(str(tmp_path / "out"))
+    summary = detect_change(str(s2_products["a"]), str(alone), outputs)
+    assert any(
+        w.startswith(f"warning: {alone}: no product metadata") and "give the whole product" in w
+        for w in summary["warnings"]
+    )
     # without the product's NODATA value GDAL warps through another path (an alpha band), which
     # rounds a few resampled pixels the other way
     assert np.abs(from_folder - reference).max() <= 1 and np.mean(from_folder != reference) < 1e-3
