@@ -51,6 +51,7 @@ def map_landcover(
     bands: list[int] | None,
     extent: tuple[float, float, float, float] | None,
     extent_crs: str,
+    mask_clouds: bool,
     device: str,
     threads: int,
     overwrite: bool,
@@ -62,8 +63,8 @@ def map_landcover(
     of band files (docs/inputs.md)."""
     options = LandcoverOptions(
         model=model, stride=stride, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        min_area=min_area, bands=bands, extent=extent, extent_crs=extent_crs, device=device,
-        threads=threads, overwrite=overwrite,
+        min_area=min_area, bands=bands, extent=extent, extent_crs=extent_crs,
+        mask_clouds=mask_clouds, device=device, threads=threads, overwrite=overwrite,
     )  # fmt: skip
     bar = ProgressBar("map-landcover", quiet)
     try:

@@ -106,6 +106,12 @@ extent_crs_option = click.option(
     show_default=True,
     help="CRS of --extent: EPSG:4326 is longitude/latitude; or e.g. EPSG:32633, or a WKT.",
 )
+mask_clouds_option = click.option(
+    "--mask-clouds",
+    is_flag=True,
+    help="Sentinel-2 products: pixels their cloud mask flags (opaque clouds, cirrus; "
+    "processing baseline 04.00 and later) become nodata.",
+)
 device_option = click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -138,6 +144,7 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
             bands_option,
             extent_option,
             extent_crs_option,
+            mask_clouds_option,
             device_option,
             threads_option,
             overwrite_option,

@@ -15,7 +15,7 @@ from tests.model_builders import (
     pointwise_segmentation_model,
     segmentation_contract,
 )
-from tests.sentinel2_safe import write_safe
+from tests.sentinel2_safe import S2_CLOUD_MASK, write_safe
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"
@@ -53,17 +53,19 @@ def s2_pair() -> tuple[Path, Path]:
 
 
 def _write_jp2(path: Path, data: np.ndarray, transform: tuple[float, ...], crs_wkt: str) -> None:
-    """One band as a lossless JPEG 2000, the format of Sentinel-2 products."""
+    """``(rows, cols)`` or ``(bands, rows, cols)`` as a lossless JPEG 2000, the format of
+    Sentinel-2 products."""
     import rasterio
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
+    data = data if data.ndim == 3 else data[None]
     with rasterio.open(
-        path, "w", driver="JP2OpenJPEG", width=data.shape[1], height=data.shape[0], count=1,
-        dtype=data.dtype, crs=CRS.from_wkt(crs_wkt), transform=Affine.from_gdal(*transform),
-        QUALITY=100, REVERSIBLE="YES",
+        path, "w", driver="JP2OpenJPEG", width=data.shape[2], height=data.shape[1],
+        count=data.shape[0], dtype=data.dtype, crs=CRS.from_wkt(crs_wkt),
+        transform=Affine.from_gdal(*transform), QUALITY=100, REVERSIBLE="YES",
     ) as dst:  # fmt: skip
-        dst.write(data, 1)
+        dst.write(data)
 
 
 def write_s2_product(folder: Path, image: Path, **kwargs) -> Path:
@@ -80,12 +82,15 @@ def s2_products(s2_pair, tmp_path_factory) -> dict[str, Path]:
     """The sample pair as Sentinel-2 products in their download layout: ``a`` (date A, an old
     product, processing baseline 02.04), ``b_old`` and ``b_new`` (date B as an old product and
     as a new one, baseline 05.09: digital numbers + 1000, offset -1000 in the metadata), and
-    ``b_zip`` (``b_new`` zipped, as Copernicus Data Space serves it)."""
+    ``b_zip`` (``b_new`` zipped, as Copernicus Data Space serves it). ``b_new`` carries the
+    cloud mask ``S2_CLOUD_MASK``."""
     root = tmp_path_factory.mktemp("s2_products")
     out = {
         "a": write_s2_product(root / "a", s2_pair[0]),
         "b_old": write_s2_product(root / "b_old", s2_pair[1], date="20180205"),
-        "b_new": write_s2_product(root / "b_new", s2_pair[1], date="20180205", baseline="05.09"),
+        "b_new": write_s2_product(
+            root / "b_new", s2_pair[1], date="20180205", baseline="05.09", cloud_mask=S2_CLOUD_MASK
+        ),
     }
     zip_path = root / f"{out['b_new'].name[:-5]}.zip"
     with zipfile.ZipFile(zip_path, "w") as archive:

@@ -8,8 +8,9 @@ own JPEG 2000 file (lossless) under ``GRANULE/<granule>/IMG_DATA``, with the pro
 From processing baseline 04.00 on, ESA adds 1000 to every digital number and records the
 offset -1000; ``baseline="05.09"`` does the same to the sample's numbers.
 
-Pure numpy + stdlib: the caller passes ``write_band(path, array, transform, crs_wkt)``
-(rasterio in the library tests, osgeo.gdal in the QGIS tests).
+Pure numpy + stdlib: the caller passes ``write_band(path, array, transform, crs_wkt)``, array
+``(rows, cols)`` or ``(bands, rows, cols)`` (rasterio in the library tests, osgeo.gdal in the
+QGIS tests).
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "
 RESOLUTION_M = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
                 "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20}  # fmt: skip
 NEW_DN_OFFSET = 1000  # what processing baseline 04.00 adds to every L1C digital number
+
+# A cloud mask for products of the 198 x 198 px sample (60 m px of its 33 x 33): an opaque
+# cloud, a cirrus and a snow patch. The sample scene is clear, so this one mask is made up.
+S2_CLOUD_MASK = np.zeros((3, 33, 33), np.uint8)
+S2_CLOUD_MASK[0, 2:8, 3:10] = 1  # opaque clouds
+S2_CLOUD_MASK[1, 20:25, 20:30] = 1  # cirrus
+S2_CLOUD_MASK[2, 12:16, 0:5] = 1  # snow and ice: not a cloud, not masked
 
 WriteBand = Callable[[Path, np.ndarray, tuple[float, ...], str], None]
 
@@ -79,12 +87,17 @@ def write_safe(
     date: str = "20150820",
     baseline: str = "02.04",
     level: str = "L1C",
+    cloud_mask: np.ndarray | None = None,
 ) -> Path:
     """Write a SAFE product of ``stack`` (13 bands, uint16, 10 m grid ``transform``) into
     ``folder``; returns the ``.SAFE`` path. The stack is cut to a multiple of 6 px.
 
     ``level="L2A"``: no B10, files ``R10m/..._B02_10m.jp2`` etc., and B02 also at 20 m (as in a
     real L2A product, which holds every band at each coarser resolution too).
+
+    ``cloud_mask``: uint8 ``(3, rows / 6, cols / 6)`` on the 60 m grid (opaque clouds, cirrus,
+    snow; 1 = flagged), written as ``QI_DATA/MSK_CLASSI_B00.jp2`` as products of baseline 04.00
+    and later carry it.
     """
     rows, cols = (s // 6 * 6 for s in stack.shape[1:])
     stack = stack[:, :rows, :cols]
@@ -117,6 +130,9 @@ def write_safe(
     decoy.parent.mkdir(parents=True, exist_ok=True)
     write_band(decoy, np.ones((rows // 6, cols // 6), np.uint16), (x0, dx * 6, rx, y0, ry, dy * 6),
                crs_wkt)  # fmt: skip
+    if cloud_mask is not None:
+        write_band(granule / "QI_DATA" / "MSK_CLASSI_B00.jp2", cloud_mask.astype(np.uint8),
+                   (x0, dx * 6, rx, y0, ry, dy * 6), crs_wkt)  # fmt: skip
     name = "MTD_MSIL1C.xml" if level == "L1C" else "MTD_MSIL2A.xml"
     (safe / name).write_text(_metadata_xml(level, baseline, -offset))
     return safe

@@ -42,6 +42,10 @@ SENTINEL2_BAND_ORDER = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
 )  # fmt: skip
 PRODUCT_METADATA = ("MTD_MSIL1C.xml", "MTD_MSIL2A.xml")
+# Since processing baseline 04.00 each granule's QI_DATA holds this 60 m raster: band 1 opaque
+# clouds, band 2 cirrus, band 3 snow and ice (1 = flagged). Before, the masks were GML vectors.
+CLOUD_MASK_FILE = "MSK_CLASSI_B00.jp2"
+CLOUD_MASK_BANDS = (1, 2)  # opaque clouds, cirrus: what changes top-of-atmosphere reflectance
 RASTER_EXTENSIONS = ("jp2", "tif", "tiff")
 # "..._B01.jp2", "B8A.tif", L2A's "..._B02_10m.jp2" (group 1: band, group 2: resolution in m)
 BAND_FILE = re.compile(
@@ -67,6 +71,7 @@ class BandFiles:
     nodata: float | None = None
     processing_baseline: str | None = None
     warning: str | None = None  # what the reader could not do, for the job's log
+    cloud_mask: str | None = None  # QI_DATA/MSK_CLASSI_B00.jp2 (baseline 04.00+), if present
 
     def summary(self) -> str:
         """One line for the log: what was found and what is done to it."""
@@ -155,6 +160,11 @@ def _granule_of(relative: str) -> str:
     return "/".join(parts[: parts.index("IMG_DATA")])
 
 
+def _granule_of_qi(relative: str) -> str | None:
+    parts = relative.replace("\\", "/").split("/")
+    return "/".join(parts[: parts.index("QI_DATA")]) if "QI_DATA" in parts[:-1] else None
+
+
 def _product(
     display: str,
     relatives: Sequence[str],
@@ -174,6 +184,11 @@ def _product(
             "an old multi-tile product: give one granule's folder (GRANULE/<name>)",
         )
     files = _pick_band_files(display, image_files, to_path)
+    masks = [
+        r for r in relatives
+        if os.path.basename(r) == CLOUD_MASK_FILE and _granule_of_qi(r) == granules[0]
+    ]  # fmt: skip
+    cloud_mask = to_path(masks[0]) if masks else None
     metadata = read_metadata()
     if metadata is None:
         return BandFiles(
@@ -181,6 +196,7 @@ def _product(
             "Sentinel-2 granule",
             files,
             nodata=0.0,
+            cloud_mask=cloud_mask,
             warning="no product metadata (MTD_MSIL1C.xml two folders up), so the +1000 that "
             "products of processing baseline 04.00 and later (since January 2022) add to the "
             "digital numbers cannot be removed; if this granule is that recent, give the whole "
@@ -188,7 +204,7 @@ def _product(
         )
     name, xml = metadata
     kind, baseline, offsets, nodata = _metadata(xml, f"{display} ({name})")
-    return BandFiles(display, kind, files, offsets, nodata, baseline)
+    return BandFiles(display, kind, files, offsets, nodata, baseline, cloud_mask=cloud_mask)
 
 
 def _from_zip(path: str) -> BandFiles:
@@ -310,8 +326,16 @@ class BandStackSource:
     """
 
     def __init__(
-        self, files: BandFiles, sources: list[RasterSource], grid: Grid, grid_band: str | None
+        self,
+        files: BandFiles,
+        sources: list[RasterSource],
+        grid: Grid,
+        grid_band: str | None,
+        cloud_mask: RasterSource | None = None,
     ) -> None:
+        self.files = files
+        self.mask_clouds = cloud_mask is not None
+        self._cloud_mask = cloud_mask
         self.path = files.path
         self.grid_band = grid_band  # the band whose file's grid this is; None: a given grid
         self.grid = grid
@@ -335,17 +359,24 @@ class BandStackSource:
                 valid &= values[0] != self.nodata
             if self._offsets[band - 1]:
                 data[i] += self._offsets[band - 1]
+        if self._cloud_mask is not None:
+            bands = CLOUD_MASK_BANDS[: self._cloud_mask.count]
+            flags, _ = self._cloud_mask.read(window, bands)
+            valid &= ~np.any(flags > 0, axis=0)
         return data, valid
 
     def close(self) -> None:
         for source in self._sources:
             source.close()
+        if self._cloud_mask is not None:
+            self._cloud_mask.close()
 
 
 def open_band_stack(
-    backend: RasterBackend, files: BandFiles, grid: Grid | None = None
+    backend: RasterBackend, files: BandFiles, grid: Grid | None = None, mask_clouds: bool = False
 ) -> BandStackSource:
-    """Open ``files`` as one source on ``grid``, or on the grid of the finest band file."""
+    """Open ``files`` as one source on ``grid``, or on the grid of the finest band file;
+    ``mask_clouds``: pixels flagged by ``files.cloud_mask`` (if any) are invalid."""
     opened: list[RasterSource] = []
     try:
         for name, path in files.files.items():
@@ -387,7 +418,11 @@ def open_band_stack(
                 )
             source.close()
             opened[i] = backend.open_on_grid(path, target, nodata=files.nodata)
-        return BandStackSource(files, opened, target, grid_band)
+        cloud_mask = None
+        if mask_clouds and files.cloud_mask and target.georeferenced:
+            cloud_mask = backend.open_on_grid(files.cloud_mask, target, resampling="nearest")
+            opened.append(cloud_mask)  # closed with the others if what follows fails
+        return BandStackSource(files, opened[: len(files.files)], target, grid_band, cloud_mask)
     except BaseException:
         for source in opened:
             source.close()

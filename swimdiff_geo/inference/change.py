@@ -113,9 +113,9 @@ def detect_change(
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
     sources = []
     try:
-        a = open_input(ctx.backend, image_a, ctx.log)
+        a = open_input(ctx.backend, image_a, ctx.log, options.mask_clouds)
         sources.append(a)
-        b = open_input(ctx.backend, image_b, ctx.log)
+        b = open_input(ctx.backend, image_b, ctx.log, options.mask_clouds)
         sources.append(b)
         bands_a = select_bands(a, contract, options.bands)
         bands_b = select_bands(b, contract, options.bands)

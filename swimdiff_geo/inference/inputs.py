@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..bands import normalize_band_name
-from .band_files import find_band_files, open_band_stack
+from .band_files import BandStackSource, find_band_files, open_band_stack
 from .contract import ModelContract
 from .errors import InputError
 from .io import Grid, RasterBackend, RasterSource, Window
@@ -17,30 +17,48 @@ from .io import Grid, RasterBackend, RasterSource, Window
 Log = Callable[[str], None]
 
 
-def open_input(backend: RasterBackend, path: str, log: Log | None = None) -> RasterSource:
+def open_input(
+    backend: RasterBackend, path: str, log: Log | None = None, mask_clouds: bool = False
+) -> RasterSource:
     """Open an input: a raster file, or the band files of a Sentinel-2 product or of a folder
-    (:mod:`.band_files`), stacked on the finest band's grid; ``log`` hears what was stacked."""
+    (:mod:`.band_files`), stacked on the finest band's grid; ``log`` hears what was stacked.
+
+    ``mask_clouds``: pixels the product's cloud mask flags are invalid; an input without a
+    cloud mask is read as it is, with a warning.
+    """
     files = find_band_files(path)
     if files is None:
+        if mask_clouds and log is not None:
+            log(f"warning: {path}: {NO_CLOUD_MASK}")
         return backend.open(path)
-    source = open_band_stack(backend, files)
+    source = open_band_stack(backend, files, mask_clouds=mask_clouds)
     if log is not None:
         grid = source.grid
         log(
             f"info: {path}: {files.summary()}; read on the grid of {source.grid_band} "
             f"({grid.width}x{grid.height} px), the other bands resampled bilinearly"
         )
+        if mask_clouds:
+            if files.cloud_mask:
+                log(f"info: {path}: pixels its cloud mask flags (opaque clouds, cirrus) are nodata")
+            else:
+                log(f"warning: {path}: {NO_CLOUD_MASK}")
         if files.warning:
             log(f"warning: {path}: {files.warning}")
     return source
 
 
-def open_input_on_grid(backend: RasterBackend, path: str, grid: Grid) -> RasterSource:
-    """:func:`open_input` warped (bilinear) onto ``grid``."""
-    files = find_band_files(path)
-    if files is None:
-        return backend.open_on_grid(path, grid)
-    return open_band_stack(backend, files, grid)
+NO_CLOUD_MASK = (
+    "no cloud mask to apply (only Sentinel-2 products of processing baseline 04.00 and later "
+    "carry one as a raster, QI_DATA/MSK_CLASSI_B00.jp2); clouds are not masked"
+)
+
+
+def open_input_on_grid(backend: RasterBackend, source: RasterSource, grid: Grid) -> RasterSource:
+    """``source`` (from :func:`open_input`) again, warped (bilinear) onto ``grid``."""
+    if isinstance(source, BandStackSource):
+        return open_band_stack(backend, source.files, grid, source.mask_clouds)
+    return backend.open_on_grid(source.path, grid)
 
 
 def select_bands(
@@ -277,4 +295,4 @@ def align_pair(
         f"info: {b.path} is {how} onto the grid of {a.path} (bilinear); "
         f"working on their intersection, {grid.width}x{grid.height} px"
     )
-    return grid, a, (window.col_off, window.row_off), open_input_on_grid(backend, b.path, grid)
+    return grid, a, (window.col_off, window.row_off), open_input_on_grid(backend, b, grid)

@@ -172,11 +172,14 @@ class RasterBackend(Protocol):
     def open(self, path: str) -> RasterSource:
         """Open a raster; InputError (naming ``path``) if missing, not a raster, or corrupt."""
 
-    def open_on_grid(self, path: str, grid: Grid, nodata: float | None = None) -> RasterSource:
-        """Open ``path`` warped (bilinear) onto ``grid``; pixels outside the source are invalid.
+    def open_on_grid(
+        self, path: str, grid: Grid, nodata: float | None = None, resampling: str = "bilinear"
+    ) -> RasterSource:
+        """Open ``path`` warped onto ``grid``; pixels outside the source are invalid.
 
         ``nodata``: the source's nodata value where the file declares none (Sentinel-2's 0), so
-        the bilinear kernel does not blend it into valid pixels.
+        the bilinear kernel does not blend it into valid pixels. ``resampling``: ``"bilinear"``
+        (images) or ``"nearest"`` (masks and classes).
         """
 
     def transform_bounds(

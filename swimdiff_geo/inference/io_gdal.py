@@ -246,8 +246,11 @@ class GdalBackend:
         count = ds.RasterCount
         return GdalSource(path, ds, count)
 
-    def open_on_grid(self, path: str, grid: Grid, nodata: float | None = None) -> GdalSource:
-        """Open ``path`` as a bilinear warped VRT on ``grid``; outside the source is invalid.
+    def open_on_grid(
+        self, path: str, grid: Grid, nodata: float | None = None, resampling: str = "bilinear"
+    ) -> GdalSource:
+        """Open ``path`` as a warped VRT on ``grid`` (``resampling``: ``"bilinear"`` or
+        ``"nearest"``); outside the source is invalid.
 
         Same warp as :mod:`.io_rasterio`'s ``WarpedVRT``: the source nodata value (declared, else
         ``nodata``) is the source and destination nodata, so pixels outside the footprint read
@@ -278,7 +281,7 @@ class GdalBackend:
             xRes=dx,
             yRes=abs(dy),
             dstSRS=grid.crs_wkt,
-            resampleAlg="bilinear",
+            resampleAlg=resampling,
             srcNodata=nodata,
             dstNodata=nodata,
             dstAlpha=nodata is None,

@@ -152,7 +152,9 @@ class RasterioBackend:
     def open(self, path: str) -> RasterioSource:
         return RasterioSource(path, self._open_dataset(path))
 
-    def open_on_grid(self, path: str, grid: Grid, nodata: float | None = None) -> RasterioSource:
+    def open_on_grid(
+        self, path: str, grid: Grid, nodata: float | None = None, resampling: str = "bilinear"
+    ) -> RasterioSource:
         ds = self._open_dataset(path)
         if grid.crs_wkt is None:
             ds.close()
@@ -168,7 +170,7 @@ class RasterioBackend:
             transform=Affine.from_gdal(*grid.transform),
             width=grid.width,
             height=grid.height,
-            resampling=Resampling.bilinear,
+            resampling=Resampling[resampling],
             add_alpha=src_nodata is None,
             **nodata_options,
         )

@@ -35,6 +35,8 @@ class EngineOptions:
     onnxruntime choose. ``extent`` ``(left, bottom, right, top)`` in ``extent_crs`` (any CRS
     the backend parses: ``EPSG:32633``, WKT; default longitude/latitude) restricts the job to
     the pixels of the input grid whose centres lie inside it; None maps the whole input.
+    ``mask_clouds``: pixels a Sentinel-2 product's cloud mask flags (opaque clouds, cirrus)
+    are nodata (docs/inputs.md).
     """
 
     model: str | None = None
@@ -49,6 +51,7 @@ class EngineOptions:
     read_ahead: bool = True
     extent: tuple[float, float, float, float] | None = None
     extent_crs: str = "EPSG:4326"
+    mask_clouds: bool = False
 
 
 @dataclass

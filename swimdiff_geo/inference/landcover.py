@@ -116,7 +116,7 @@ def map_landcover(
     class_ids = contract.class_ids()
     if max(class_ids) >= CLASS_NODATA or min(class_ids) < 0:
         raise InputError(ctx.model.path, "class ids must lie in 0..254 for a uint8 class map")
-    source = open_input(ctx.backend, image, ctx.log)
+    source = open_input(ctx.backend, image, ctx.log, options.mask_clouds)
     try:
         bands = select_bands(source, contract, options.bands)
         if warning := value_scale_warning(source, bands, contract):

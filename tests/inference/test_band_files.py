@@ -26,7 +26,7 @@ from swimdiff_geo.inference.inputs import open_input
 from swimdiff_geo.inference.io import Window
 from swimdiff_geo.inference.io_rasterio import RasterioBackend
 from tests.conftest import write_s2_product
-from tests.sentinel2_safe import BANDS, RESOLUTION_M
+from tests.sentinel2_safe import BANDS, RESOLUTION_M, S2_CLOUD_MASK
 
 
 def _stack(path: Path) -> tuple[np.ndarray, tuple[float, ...], str]:
@@ -252,3 +252,29 @@ def test_qgis_layer_of_a_product_subdataset_stands_for_the_whole_product(s2_prod
     )
     assert zipped.path == str(archive) and list(zipped.files) == list(BANDS)
     assert zipped.files["B02"].startswith(f"/vsizip/{archive}/")
+
+
+def test_mask_clouds_makes_flagged_pixels_nodata(s2_products, tmp_path):
+    """--mask-clouds: the 10 m pixels of the 60 m pixels the product flags as opaque clouds or
+    cirrus become nodata, snow does not; without the option nothing is masked, and an input
+    without a cloud mask says so."""
+    runner = CliRunner()
+    runs = {}
+    for name, extra in (("masked", ["--mask-clouds"]), ("plain", [])):
+        out = tmp_path / name
+        args = ["detect-change", str(s2_products["a"]), str(s2_products["b_zip"]), "-o", str(out)]
+        result = runner.invoke(cli, args + extra)
+        assert result.exit_code == 0, result.output
+        with rasterio.open(out / "change_probability.tif") as ds:
+            runs[name] = ds.read(1) == -1  # nodata
+    assert not runs["plain"].any()
+    flagged = np.kron(S2_CLOUD_MASK[0] | S2_CLOUD_MASK[1], np.ones((6, 6), np.uint8)) == 1
+    masked = runs["masked"]
+    np.testing.assert_array_equal(masked, flagged)  # the 10 m pixels of flagged 60 m pixels
+
+    # date A is an old product (before baseline 04.00): no raster mask to apply
+    result = runner.invoke(cli, ["detect-change", str(s2_products["a"]), str(s2_products["b_zip"]),
+                                 "-o", str(tmp_path / "again"), "--mask-clouds"])  # fmt: skip
+    assert result.exit_code == 0
+    assert f"warning: {s2_products['a']}: no cloud mask to apply" in result.output
+    assert f"{s2_products['b_zip']}: pixels its cloud mask flags" in result.output

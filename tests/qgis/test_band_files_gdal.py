@@ -17,14 +17,17 @@ from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_c
 from swimdiff_geo.inference.inputs import open_input
 from swimdiff_geo.inference.io import Window
 from swimdiff_geo.inference.io_gdal import GdalBackend
-from tests.sentinel2_safe import BANDS, write_safe
+from tests.sentinel2_safe import BANDS, S2_CLOUD_MASK, write_safe
 
 
 def _write_jp2(path: Path, data: np.ndarray, transform: tuple[float, ...], crs_wkt: str) -> None:
-    mem = gdal.GetDriverByName("MEM").Create("", data.shape[1], data.shape[0], 1, gdal.GDT_UInt16)
+    data = data if data.ndim == 3 else data[None]
+    kind = gdal.GDT_Byte if data.dtype == np.uint8 else gdal.GDT_UInt16
+    mem = gdal.GetDriverByName("MEM").Create("", data.shape[2], data.shape[1], data.shape[0], kind)
     mem.SetGeoTransform(transform)
     mem.SetProjection(crs_wkt)
-    mem.GetRasterBand(1).WriteArray(data)
+    for i, band in enumerate(data, start=1):
+        mem.GetRasterBand(i).WriteArray(band)
     out = gdal.GetDriverByName("JP2OpenJPEG").CreateCopy(
         str(path), mem, options=["QUALITY=100", "REVERSIBLE=YES"]
     )
@@ -44,7 +47,9 @@ def products(s2_pair, tmp_path_factory) -> dict[str, Path]:
     return {
         "a": _safe(root / "a", s2_pair[0]),
         "b_old": _safe(root / "b_old", s2_pair[1], date="20180205"),
-        "b_new": _safe(root / "b_new", s2_pair[1], date="20180205", baseline="05.09"),
+        "b_new": _safe(
+            root / "b_new", s2_pair[1], date="20180205", baseline="05.09", cloud_mask=S2_CLOUD_MASK
+        ),
     }
 
 
@@ -71,16 +76,15 @@ def test_gdal_backend_reads_a_product_as_13_named_bands(products, s2_pair):
 
 
 def test_engine_on_gdal_matches_the_cli_on_products(products, main_cli, tmp_path):
-    """The QGIS backend maps a pair of products as the CLI (rasterio) does."""
+    """The QGIS backend maps a pair of products as the CLI (rasterio) does, clouds masked."""
     cli_out = tmp_path / "cli"
-    result = main_cli(
-        "detect-change", str(products["a"]), str(products["b_new"]), "-o", str(cli_out), "-q"
-    )
+    result = main_cli("detect-change", str(products["a"]), str(products["b_new"]),
+                      "-o", str(cli_out), "-q", "--mask-clouds")  # fmt: skip
     assert result.returncode == 0, result.stderr
     outputs = ChangeOutputs.in_dir(str(tmp_path / "gdal"))
     messages: list[str] = []
     summary = detect_change(
-        str(products["a"]), str(products["b_new"]), outputs, ChangeOptions(),
+        str(products["a"]), str(products["b_new"]), outputs, ChangeOptions(mask_clouds=True),
         backend=GdalBackend(), log=messages.append,
     )  # fmt: skip
     assert any("processing baseline 05.09" in m and "-1000" in m for m in messages)
@@ -90,3 +94,5 @@ def test_engine_on_gdal_matches_the_cli_on_products(products, main_cli, tmp_path
     assert np.abs(probability - expected).max() < 0.01
     cli_summary = json.loads((cli_out / "summary.json").read_text())
     assert summary["pixels"] == cli_summary["pixels"]
+    clouds = np.kron(S2_CLOUD_MASK[0] | S2_CLOUD_MASK[1], np.ones((6, 6), np.uint8)) == 1
+    np.testing.assert_array_equal(probability == -1, clouds)

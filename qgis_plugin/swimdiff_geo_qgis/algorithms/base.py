@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -36,6 +37,7 @@ _CLI_OPTION_TO_PARAMETER = {
     "--overlap": "OVERLAP",
     "--threshold": "THRESHOLD",
     "--extent": "EXTENT",
+    "--mask-clouds": "MASK_CLOUDS",
 }
 _CLI_OPTION = re.compile(r"(?:" + "|".join(map(re.escape, _CLI_OPTION_TO_PARAMETER)) + r")\b")
 
@@ -97,6 +99,19 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterExtent(
                 "EXTENT", self.tr("Area to map (empty: the whole input)"), optional=True
+            )
+        )
+
+    def add_mask_clouds_parameter(self) -> None:
+        """MASK_CLOUDS (default off): pixels a Sentinel-2 product's cloud mask flags are nodata."""
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                "MASK_CLOUDS",
+                self.tr(
+                    "Mask clouds (Sentinel-2 products of processing baseline 04.00 and later: "
+                    "pixels their cloud mask flags become nodata)"
+                ),
+                defaultValue=False,
             )
         )
 

@@ -64,6 +64,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
             QgsProcessingParameterRasterLayer("INPUT_B", self.tr("Image B (later date)"))
         )
         self.add_extent_parameter()
+        self.add_mask_clouds_parameter()
         self.add_model_parameter("Change-detection ONNX model (empty: the bundled default)")
         self.addParameter(
             QgsProcessingParameterNumber(
@@ -120,6 +121,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
             bands=self.bands(parameters, context),
             min_area=self.parameterAsDouble(parameters, "MIN_AREA", context),
             overwrite=True,  # QGIS asked the user already; destinations are replaced
+            mask_clouds=self.parameterAsBoolean(parameters, "MASK_CLOUDS", context),
             **self.extent(parameters, context),
         )
         self.engine_origin(feedback)

@@ -61,6 +61,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Image")))
         self.add_extent_parameter()
+        self.add_mask_clouds_parameter()
         self.add_model_parameter("Land-cover ONNX model (empty: the bundled default)")
         self.add_tiling_parameters()
         self.add_bands_parameter()
@@ -120,6 +121,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             stride=self.optional_int(parameters, "STRIDE", context),
             min_area=min_area,
             overwrite=True,  # QGIS asked the user already; destinations are replaced
+            mask_clouds=self.parameterAsBoolean(parameters, "MASK_CLOUDS", context),
             **self.extent(parameters, context),
         )
         self.engine_origin(feedback)
