@@ -112,6 +112,7 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
                     "pixels their cloud mask flags become nodata)"
                 ),
                 defaultValue=False,
+                optional=True,  # models and scripts saved before the parameter existed still run
             )
         )
 
