@@ -63,6 +63,8 @@ def band_files_info(backend: RasterBackend, files: BandFiles) -> dict:
             "processing_baseline": files.processing_baseline,
             "band_files": files.files,
             "radiometric_offsets": files.offsets,
+            "cloud_mask": files.cloud_mask,
+            **({"warning": files.warning} if files.warning else {}),
             "nodata": files.nodata,
             "width": grid.width,
             "height": grid.height,

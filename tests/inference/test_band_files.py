@@ -235,6 +235,7 @@ def test_info_describes_a_product_and_its_fit_to_the_model(s2_products):
     assert facts["processing_baseline"] == "05.09"
     assert list(facts["band_files"]) == list(BANDS)
     assert facts["radiometric_offsets"]["B8A"] == -1000.0
+    assert facts["cloud_mask"].endswith("/QI_DATA/MSK_CLASSI_B00.jp2")
     assert (facts["width"], facts["height"]) == (198, 198)
     assert facts["fits_model"]["fits"] is True
     assert "units_warning" not in facts["fits_model"]
