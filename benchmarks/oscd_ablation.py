@@ -132,6 +132,95 @@ def cva_otsu_counts(oscd: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def cached_validation_counts(run_dir: Path) -> dict[str, np.ndarray]:
+    """:func:`validation_counts` of ``run_dir/best.ckpt``, kept in
+    ``run_dir/validation_counts.json`` until the checkpoint changes (scoring takes a while)."""
+    checkpoint = run_dir / "best.ckpt"
+    cache = run_dir / "validation_counts.json"
+    stamp = checkpoint.stat().st_mtime_ns
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached["checkpoint_mtime_ns"] == stamp:
+            return {c: np.array(v, np.int64) for c, v in cached["counts"].items()}
+    counts_by_city = validation_counts(checkpoint)
+    record = {c: [int(x) for x in v] for c, v in counts_by_city.items()}
+    cache.write_text(json.dumps({"checkpoint_mtime_ns": stamp, "counts": record}))
+    return counts_by_city
+
+
+def pooled_f1_by_run(runs: Path, names: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """row name -> fine-tuning seed -> {city: F1, "all": pooled F1} of the finished runs."""
+    cities = VAL_CITIES.split(",")
+    out: dict[str, dict[int, dict]] = {}
+    for name in names:
+        for seed in seeds:
+            run_dir = runs / f"finetune_{name}_s{seed}"
+            if not (run_dir / "metrics.json").exists():
+                continue
+            per_city = cached_validation_counts(run_dir)
+            out.setdefault(name, {})[seed] = {
+                **{c: scores(per_city[c])["f1"] for c in cities},
+                "all": scores(sum(per_city.values()))["f1"],
+            }
+    return out
+
+
+def across_pretraining_seeds_rows(
+    folders: list[Path], names: list[str], seeds: list[int]
+) -> list[str]:
+    """Markdown table: each row over every encoder (one per --runs folder, i.e. per pretraining
+    seed) and fine-tuning seed; the mean per encoder; and the difference to random init and to
+    MoCo, averaged per encoder (the unit a pretraining variant is judged by), mean and standard
+    error over the encoders. Runs with the same pretraining seed share the encoder's
+    initialisation and the order of its batches; random init has no encoder, its runs are the
+    same in every folder."""
+    cities = VAL_CITIES.split(",")
+    by_folder = [pooled_f1_by_run(folder, names, seeds) for folder in folders]
+
+    def encoder_means(name: str) -> list[float]:
+        """Per folder, the pooled F1 averaged over the fine-tuning seeds run in every row."""
+        return [
+            float(np.mean([runs[name][s]["all"] for s in seeds]))
+            for runs in by_folder
+            if all(s in runs.get(name, {}) for s in seeds)
+        ]
+
+    def versus(name: str, other: str) -> str:
+        pairs = [
+            np.mean([runs[name][s]["all"] - runs[other][s]["all"] for s in seeds])
+            for runs in by_folder
+            if all(s in runs.get(name, {}) and s in runs.get(other, {}) for s in seeds)
+        ]
+        if name == other or len(pairs) < 2:
+            return "-"
+        se = np.std(pairs, ddof=1) / np.sqrt(len(pairs))
+        return f"{np.mean(pairs):+.3f} ({se:.3f}, {len(pairs)} encoders)"
+
+    header = (
+        "| row | encoders x fine-tuning seeds | " + " | ".join(cities)
+        + " | **all**: mean | sd | mean per encoder | vs random init (s.e.) | vs MoCo (s.e.) |"
+    )  # fmt: skip
+    lines = [header, "|" + "---|" * (len(cities) + 7)]
+    for name in names:
+        # random init has no encoder: its runs are the same in every folder, counted once
+        folders_of_row = by_folder[:1] if VARIANTS[name][1] is None else by_folder
+        runs = [r[name][s] for r in folders_of_row for s in seeds if s in r.get(name, {})]
+        if not runs:
+            continue
+        pooled = np.array([r["all"] for r in runs])
+        means = encoder_means(name)
+        n_encoders = 1 if VARIANTS[name][1] is None else len(means)
+        per_encoder = "-" if VARIANTS[name][1] is None else " / ".join(f"{m:.3f}" for m in means)
+        lines.append(
+            f"| {VARIANTS[name][0]} | {n_encoders} x {len(seeds)} | "
+            + " | ".join(f"{np.mean([r[c] for r in runs]):.3f}" for c in cities)
+            + f" | **{pooled.mean():.3f}** | {pooled.std(ddof=1):.3f} | {per_encoder} | "
+            + f"{versus(name, 'random')} | "
+            + f"{versus(name, 'moco') if name not in ('random', 'moco') else '-'} |"
+        )
+    return lines
+
+
 def table_rows(args: argparse.Namespace) -> list[str]:
     """The Markdown table of every row and seed (finished runs; "not run" for the others),
     then, with more than one seed, each row's F1 over its seeds (:func:`seed_summary_rows`)."""
@@ -150,7 +239,7 @@ def table_rows(args: argparse.Namespace) -> list[str]:
                     f"| {label} | {seed} | " + " | ".join("not run" for _ in cities) + " | | | |"
                 )
                 continue
-            per_city = validation_counts(run_dir / "best.ckpt")
+            per_city = cached_validation_counts(run_dir)
             ft_s = json.loads((run_dir / "wall_time.json").read_text())["seconds"]
             city_scores = {c: scores(per_city[c]) for c in cities}
             cells = [score_cell(city_scores[c]) for c in cities]
@@ -233,7 +322,17 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="Markdown table, e.g. docs/results.md"
     )
-    parser.add_argument("--phase", choices=["all", "pretrain", "finetune", "table"], default="all")
+    parser.add_argument(
+        "--phase", choices=["all", "pretrain", "finetune", "table", "across"], default="all"
+    )
+    parser.add_argument(
+        "--across",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="--phase across: --runs folders of the same rows with other pretraining seeds; "
+        "writes the table 'pretraining_seeds' (each row over every encoder and --seeds)",
+    )
     parser.add_argument("--steps", type=int, default=400, help="pretraining steps per encoder")
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--pretrain-batch", type=int, default=16)
@@ -268,10 +367,14 @@ def main() -> None:
     import torch  # scoring the checkpoints (the pretraining and fine-tuning run as commands)
 
     torch.set_num_threads(args.threads)
-    rows = table_rows(args)
+    if args.phase == "across":
+        rows = across_pretraining_seeds_rows([args.runs, *args.across], args.only, args.seeds)
+        name = "pretraining_seeds"
+    else:
+        rows, name = table_rows(args), args.runs.name
     print("\n".join(rows))
     if args.out:
-        write_doc(args.out, args.runs.name, rows)
+        write_doc(args.out, name, rows)
 
 
 if __name__ == "__main__":

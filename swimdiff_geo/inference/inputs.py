@@ -218,8 +218,8 @@ def extent_window(
     ``extent`` ``(left, bottom, right, top)`` in ``extent_crs``.
 
     Raises ValueError for an extent that is not four numbers with left < right and bottom <
-    top, InputError for a CRS
-    the backend cannot parse, an input without georeferencing, or an extent holding no pixel.
+    top; InputError for a CRS the backend cannot parse, an input without georeferencing, or an
+    extent holding no pixel.
     """
     left, bottom, right, top = parse_extent(extent)
     if not grid.georeferenced:
