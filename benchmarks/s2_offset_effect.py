@@ -12,6 +12,8 @@ by hand); both dates + 1000 (two new products stacked by hand).
         [--cities bordeaux,mumbai,saclay_e]
 
 Prints a Markdown table (precision / recall / F1 of the change class per city and pooled).
+``--b10`` prints instead the B10 (cirrus) median of every OSCD image, the basis of the engine's
+warning for hand-stacked new products (swimdiff_geo.inference.inputs.new_baseline_warning).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import rasterio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cva_otsu_oscd import counts, score_cell, scores, write_stack  # noqa: E402
 
-from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root  # noqa: E402
+from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root, list_oscd_cities  # noqa: E402
 from swimdiff_geo.inference.change import (  # noqa: E402
     ChangeOptions,
     ChangeOutputs,
@@ -60,8 +62,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("oscd", type=Path)
     parser.add_argument("--cities", default="bordeaux,mumbai,saclay_e")
+    parser.add_argument("--b10", action="store_true", help="B10 medians of every OSCD image")
     args = parser.parse_args()
     root = find_oscd_root(args.oscd)
+    if args.b10:
+        medians = []
+        for name in list_oscd_cities(root):
+            city = OSCDCity(root, name)
+            for date in (1, 2):
+                b10 = city.read(date=date)[city.bands.index("B10")]
+                medians.append(float(np.median(b10[b10 > 0])))
+        low, high = min(medians), max(medians)
+        shift = NEW_BASELINE_OFFSET
+        print(f"B10 median of {len(medians)} OSCD images: {low:.0f} to {high:.0f} (+1000 as a "
+              f"new product stacked by hand: {low + shift:.0f} to {high + shift:.0f})")  # fmt: skip
+        return
     cities = args.cities.split(",")
     results: dict[str, dict[str, np.ndarray]] = {v: {} for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp_name:

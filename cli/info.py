@@ -82,7 +82,12 @@ def band_files_info(backend: RasterBackend, files: BandFiles) -> dict:
 def raster_info(path: str, model_path: str | None, bands: list[int] | None) -> dict:
     from swimdiff_geo.inference.defaults import default_backend
     from swimdiff_geo.inference.errors import InputError
-    from swimdiff_geo.inference.inputs import open_input, select_bands, value_scale_warning
+    from swimdiff_geo.inference.inputs import (
+        new_baseline_warning,
+        open_input,
+        select_bands,
+        value_scale_warning,
+    )
 
     backend = default_backend()
     files = find_band_files(path)
@@ -100,6 +105,9 @@ def raster_info(path: str, model_path: str | None, bands: list[int] | None) -> d
             warning = value_scale_warning(source, chosen, model.contract)
             if warning:  # fits, but probably in the wrong units
                 facts["fits_model"]["units_warning"] = warning.removeprefix("warning: ")
+            warning = new_baseline_warning(source, chosen, model.contract)
+            if warning:  # fits, but a new product stacked without removing its offset
+                facts["fits_model"]["baseline_warning"] = warning.removeprefix("warning: ")
         except InputError as exc:
             facts["fits_model"] = {"model": model_path, "fits": False, "why": exc.problem}
         finally:

@@ -145,18 +145,7 @@ def value_scale_warning(
     means = np.asarray(contract.input_band_means or contract.standardization_mean, np.float64)
     if means.size != len(bands):
         return None
-    grid = source.grid
-    size = min(64, grid.width, grid.height)
-    values = []
-    for i in range(samples):
-        for j in range(samples):
-            row = (grid.height - size) * (2 * i + 1) // (2 * samples)
-            col = (grid.width - size) * (2 * j + 1) // (2 * samples)
-            data, valid = source.read(Window(col, row, size, size), bands)
-            # all-zero fill and NaN are not values
-            valid &= np.any(data != 0, axis=0) & np.all(np.isfinite(data), axis=0)
-            values.append(data[:, valid])
-    pixels = np.concatenate(values, axis=1)
+    pixels = sample_pixels(source, bands, samples)
     if pixels.shape[1] < 100:
         return None
     medians = np.median(pixels, axis=1) * contract.input_scale
@@ -175,6 +164,57 @@ def value_scale_warning(
         f"{float(np.median(means[informative])):.4g}); check the input's units (reflectance "
         "0-1 or an 8-bit rendering instead of the digital numbers the model was trained on?) "
         "and band order; the results are unlikely to mean anything"
+    )
+
+
+def sample_pixels(source: RasterSource, bands: Sequence[int], samples: int = 3) -> np.ndarray:
+    """Valid pixels of ``samples`` x ``samples`` windows of up to 64 px spread over ``source``
+    (cheap on any size): float32 ``(len(bands), n)``, raw values."""
+    grid = source.grid
+    size = min(64, grid.width, grid.height)
+    values = []
+    for i in range(samples):
+        for j in range(samples):
+            row = (grid.height - size) * (2 * i + 1) // (2 * samples)
+            col = (grid.width - size) * (2 * j + 1) // (2 * samples)
+            data, valid = source.read(Window(col, row, size, size), bands)
+            # all-zero fill and NaN are not values
+            valid &= np.any(data != 0, axis=0) & np.all(np.isfinite(data), axis=0)
+            values.append(data[:, valid])
+    return np.concatenate(values, axis=1)
+
+
+# Sentinel-2 B10 (1375 nm, cirrus) sees almost nothing through the water vapour: its median
+# digital number is 8 to 52 in all 48 OSCD images (benchmarks/s2_offset_effect.py --b10). From
+# processing baseline 04.00 on ESA adds 1000 to every digital number, so a product stacked by
+# hand without removing it has a B10 median above 1000.
+NEW_BASELINE_B10_MEDIAN = 800.0
+
+
+def new_baseline_warning(
+    source: RasterSource, bands: Sequence[int], contract: ModelContract
+) -> str | None:
+    """A warning when a raster fed to a Sentinel-2 model that takes B10 looks like a product of
+    processing baseline 04.00 or later stacked without removing its +1000 offset (its B10
+    median at least :data:`NEW_BASELINE_B10_MEDIAN`). Products read as products
+    (:mod:`.band_files`) have the offset removed and are not checked."""
+    if isinstance(source, BandStackSource):
+        return None
+    keys = [normalize_band_name(b) for b in contract.bands]
+    if "B10" not in keys:
+        return None
+    pixels = sample_pixels(source, [bands[keys.index("B10")]])
+    if pixels.shape[1] < 100:
+        return None
+    median = float(np.median(pixels))
+    if median < NEW_BASELINE_B10_MEDIAN:
+        return None
+    return (
+        f"warning: {source.path}: its B10 (cirrus) median is {median:,.0f}, where Sentinel-2 "
+        "images before processing baseline 04.00 have about 10 to 50: this looks like a "
+        "product of 2022 or later stacked without removing the +1000 ESA adds to every digital "
+        "number. Give the product itself (SAFE folder or ZIP, which the reader corrects) or "
+        "subtract 1000 from every band; as it is, the results mean little (docs/inputs.md)"
     )
 
 

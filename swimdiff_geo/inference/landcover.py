@@ -21,7 +21,13 @@ import numpy as np
 
 from .engine import DateInput, StackedReader, _read_ahead, run_sliding_window
 from .errors import CancelledError, InputError
-from .inputs import extent_window, open_input, select_bands, value_scale_warning
+from .inputs import (
+    extent_window,
+    new_baseline_warning,
+    open_input,
+    select_bands,
+    value_scale_warning,
+)
 from .io import Grid, RasterSpec, Window
 from .jobs import (
     AreaCounter,
@@ -119,8 +125,12 @@ def map_landcover(
     source = open_input(ctx.backend, image, ctx.log, options.mask_clouds)
     try:
         bands = select_bands(source, contract, options.bands)
-        if warning := value_scale_warning(source, bands, contract):
-            ctx.log(warning)
+        for warning in (
+            value_scale_warning(source, bands, contract),
+            new_baseline_warning(source, bands, contract),
+        ):
+            if warning:
+                ctx.log(warning)
         image_grid, offset = source.grid, (0, 0)
         if options.extent is not None:
             window = extent_window(

@@ -111,6 +111,12 @@ def test_detect_change_on_products_equals_the_run_on_stacked_old_products(s2_pro
         abs(by_hand["changed_area_m2"] - summary["changed_area_m2"])
         > 0.5 * summary["changed_area_m2"]
     )
+    # ... which the engine recognises by B10 (cirrus), dark in every image before the offset
+    assert not [w for w in summary["warnings"] if "stacked without removing" in w]
+    assert [w for w in by_hand["warnings"] if w.startswith(f"warning: {stacked}: its B10")]
+    for path, warns in ((stacked, True), (s2_products["b_old"], False)):
+        result = runner.invoke(cli, ["info", str(path), "--json", "-m", "s2_change_swimdiff"])
+        assert ("baseline_warning" in json.loads(result.output)["fits_model"]) == warns
 
 
 def test_nodata_of_the_product_is_nodata_in_the_outputs(s2_products, tmp_path):
