@@ -317,6 +317,17 @@ def find_band_files(path: str) -> BandFiles | None:
     return BandFiles(path, "folder of band files", files)
 
 
+def product_of_band_file(path: str) -> str | None:
+    """The Sentinel-2 product (``....SAFE`` folder, or the ZIP holding it) that band file
+    ``path`` belongs to (``.../GRANULE/<granule>/IMG_DATA/..._B04.jp2``), else None."""
+    parts = path.replace("\\", "/").split("/")
+    if "IMG_DATA" not in parts[:-1] or "GRANULE" not in parts:
+        return None
+    root = "/".join(parts[: parts.index("GRANULE")])
+    archive = re.match(r"/vsizip/(.+?\.zip)(?:/|$)", root, re.I)
+    return archive.group(1) if archive else root
+
+
 class BandStackSource:
     """Single-band rasters read as one :class:`~.io.RasterSource`, one band per file.
 

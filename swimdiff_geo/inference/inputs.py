@@ -9,7 +9,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..bands import normalize_band_name
-from .band_files import BandStackSource, find_band_files, open_band_stack
+from .band_files import (
+    BandStackSource,
+    find_band_files,
+    open_band_stack,
+    product_of_band_file,
+)
 from .contract import ModelContract
 from .errors import InputError
 from .io import Grid, RasterBackend, RasterSource, Window
@@ -104,6 +109,14 @@ def select_bands(
         )
     if source.count == len(want):
         return list(range(1, source.count + 1))
+    product = product_of_band_file(source.path)
+    if product is not None:
+        raise InputError(
+            source.path,
+            f"is one band file of the Sentinel-2 product {product}; the model takes "
+            f"{len(want)} bands ({', '.join(want)}): give the product itself (its folder or "
+            "ZIP, docs/inputs.md), which is read with all its bands",
+        )
     raise InputError(
         source.path,
         f"has {source.count} bands{hint} but the model takes {len(want)}: {', '.join(want)}; "

@@ -19,7 +19,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from cli.main import cli
-from swimdiff_geo.inference.band_files import find_band_files
+from swimdiff_geo.inference.band_files import find_band_files, product_of_band_file
 from swimdiff_geo.inference.change import ChangeOutputs, detect_change
 from swimdiff_geo.inference.errors import InputError
 from swimdiff_geo.inference.inputs import open_input
@@ -224,6 +224,11 @@ def test_unreadable_folders_and_products_are_named_with_the_reason(s2_products, 
     with pytest.raises(InputError, match="ZIP without a Sentinel-2 product"):
         find_band_files(str(not_s2))
 
+    band = next(s2_products["a"].rglob("IMG_DATA/*_B04.jp2"))  # one band file of a product
+    result = CliRunner().invoke(cli, ["info", str(band), "-m", "s2_change_swimdiff", "--json"])
+    why = json.loads(result.output)["fits_model"]["why"]
+    assert why.startswith(f"is one band file of the Sentinel-2 product {s2_products['a']};")
+
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli, ["detect-change", str(empty), str(s2_products["a"]), "-o", str(out)]
@@ -259,6 +264,8 @@ def test_qgis_layer_of_a_product_subdataset_stands_for_the_whole_product(s2_prod
     )
     assert zipped.path == str(archive) and list(zipped.files) == list(BANDS)
     assert zipped.files["B02"].startswith(f"/vsizip/{archive}/")
+    # a layer of one band file inside the ZIP: the error names the ZIP to give instead
+    assert product_of_band_file(zipped.files["B04"]) == str(archive)
 
 
 def test_mask_clouds_makes_flagged_pixels_nodata(s2_products, tmp_path):
