@@ -25,7 +25,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import rasterio
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,28 +36,15 @@ from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_c
 from swimdiff_geo.inference.inputs import open_input  # noqa: E402
 from swimdiff_geo.inference.io import Window  # noqa: E402
 from swimdiff_geo.inference.io_rasterio import RasterioBackend  # noqa: E402
-from tests.sentinel2_safe import write_safe  # noqa: E402
+from tests.sentinel2_safe import write_jp2_rasterio, write_safe  # noqa: E402
 
 MARKER = "bench_products"
-
-
-def _write_jp2(path: Path, data: np.ndarray, transform: tuple[float, ...], crs_wkt: str) -> None:
-    from rasterio.crs import CRS
-    from rasterio.transform import Affine
-
-    data = data if data.ndim == 3 else data[None]
-    with rasterio.open(
-        path, "w", driver="JP2OpenJPEG", width=data.shape[2], height=data.shape[1],
-        count=data.shape[0], dtype=data.dtype, crs=CRS.from_wkt(crs_wkt),
-        transform=Affine.from_gdal(*transform), QUALITY=100, REVERSIBLE="YES",
-    ) as dst:  # fmt: skip
-        dst.write(data)
 
 
 def _product(stack_path: Path, folder: Path, **kwargs) -> Path:
     with rasterio.open(stack_path) as ds:
         stack, transform, crs = ds.read(), ds.transform.to_gdal(), ds.crs.to_wkt()
-    return write_safe(folder, stack, transform, crs, _write_jp2, **kwargs)
+    return write_safe(folder, stack, transform, crs, write_jp2_rasterio, **kwargs)
 
 
 def _zip(product: Path) -> Path:

@@ -15,7 +15,7 @@ from tests.model_builders import (
     pointwise_segmentation_model,
     segmentation_contract,
 )
-from tests.sentinel2_safe import S2_CLOUD_MASK, write_safe
+from tests.sentinel2_safe import S2_CLOUD_MASK, write_jp2_rasterio, write_safe
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"
@@ -52,29 +52,13 @@ def s2_pair() -> tuple[Path, Path]:
     return folder / "s2_date_a.tif", folder / "s2_date_b.tif"
 
 
-def _write_jp2(path: Path, data: np.ndarray, transform: tuple[float, ...], crs_wkt: str) -> None:
-    """``(rows, cols)`` or ``(bands, rows, cols)`` as a lossless JPEG 2000, the format of
-    Sentinel-2 products."""
-    import rasterio
-    from rasterio.crs import CRS
-    from rasterio.transform import Affine
-
-    data = data if data.ndim == 3 else data[None]
-    with rasterio.open(
-        path, "w", driver="JP2OpenJPEG", width=data.shape[2], height=data.shape[1],
-        count=data.shape[0], dtype=data.dtype, crs=CRS.from_wkt(crs_wkt),
-        transform=Affine.from_gdal(*transform), QUALITY=100, REVERSIBLE="YES",
-    ) as dst:  # fmt: skip
-        dst.write(data)
-
-
 def write_s2_product(folder: Path, image: Path, **kwargs) -> Path:
     """A Sentinel-2 SAFE product (tests/sentinel2_safe.py) of a 13-band 10 m GeoTIFF."""
     import rasterio
 
     with rasterio.open(image) as ds:
         stack, transform, crs = ds.read(), ds.transform.to_gdal(), ds.crs.to_wkt()
-    return write_safe(folder, stack, transform, crs, _write_jp2, **kwargs)
+    return write_safe(folder, stack, transform, crs, write_jp2_rasterio, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +117,6 @@ LANDCOVER_CLASSES = ["water", "vegetation", "bare"]
 
 @pytest.fixture(scope="session")
 def landsat_segmentation_model(models_dir) -> Path:
-    import numpy as np
 
     path = models_dir / "landsat_segmentation.onnx"
     contract = segmentation_contract(LANDSAT_BANDS, LANDCOVER_CLASSES, input_scale=1 / 255)

@@ -9,8 +9,8 @@ From processing baseline 04.00 on, ESA adds 1000 to every digital number and rec
 offset -1000; ``baseline="05.09"`` does the same to the sample's numbers.
 
 Pure numpy + stdlib: the caller passes ``write_band(path, array, transform, crs_wkt)``, array
-``(rows, cols)`` or ``(bands, rows, cols)`` (rasterio in the library tests, osgeo.gdal in the
-QGIS tests).
+``(rows, cols)`` or ``(bands, rows, cols)``: :func:`write_jp2_rasterio` in the library tests and
+benchmarks, one on osgeo.gdal in the QGIS tests (whose Python has no rasterio).
 """
 
 from __future__ import annotations
@@ -136,3 +136,21 @@ def write_safe(
     name = "MTD_MSIL1C.xml" if level == "L1C" else "MTD_MSIL2A.xml"
     (safe / name).write_text(_metadata_xml(level, baseline, -offset))
     return safe
+
+
+def write_jp2_rasterio(
+    path: Path, data: np.ndarray, transform: tuple[float, ...], crs_wkt: str
+) -> None:
+    """``(rows, cols)`` or ``(bands, rows, cols)`` as a lossless JPEG 2000 (rasterio, imported
+    here so that the QGIS tests can use this module without it)."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    data = data if data.ndim == 3 else data[None]
+    with rasterio.open(
+        path, "w", driver="JP2OpenJPEG", width=data.shape[2], height=data.shape[1],
+        count=data.shape[0], dtype=data.dtype, crs=CRS.from_wkt(crs_wkt),
+        transform=Affine.from_gdal(*transform), QUALITY=100, REVERSIBLE="YES",
+    ) as dst:  # fmt: skip
+        dst.write(data)
