@@ -416,24 +416,23 @@ def open_band_stack(
         if grid is None:
             finest = min(range(len(opened)), key=lambda i: opened[i].grid.pixel_size[0])
             grid, grid_band = opened[finest].grid, list(files.files)[finest]
-        target = grid
         for i, (path, source) in enumerate(zip(files.files.values(), opened, strict=True)):
-            if source.grid.same_pixels(target):
+            if source.grid.same_pixels(grid):
                 continue
-            if not target.georeferenced:
+            if not grid.georeferenced:
                 raise InputError(
                     files.path,
                     f"its band files differ in size ({os.path.basename(path)}: "
-                    f"{source.grid.width}x{source.grid.height}, not {target.width}x"
-                    f"{target.height}) and are not georeferenced, so they cannot be aligned",
+                    f"{source.grid.width}x{source.grid.height}, not {grid.width}x"
+                    f"{grid.height}) and are not georeferenced, so they cannot be aligned",
                 )
             source.close()
-            opened[i] = backend.open_on_grid(path, target, nodata=files.nodata)
+            opened[i] = backend.open_on_grid(path, grid, nodata=files.nodata)
         cloud_mask = None
-        if mask_clouds and files.cloud_mask and target.georeferenced:
-            cloud_mask = backend.open_on_grid(files.cloud_mask, target, resampling="nearest")
+        if mask_clouds and files.cloud_mask and grid.georeferenced:
+            cloud_mask = backend.open_on_grid(files.cloud_mask, grid, resampling="nearest")
             opened.append(cloud_mask)  # closed with the others if what follows fails
-        return BandStackSource(files, opened[: len(files.files)], target, grid_band, cloud_mask)
+        return BandStackSource(files, opened[: len(files.files)], grid, grid_band, cloud_mask)
     except BaseException:
         for source in opened:
             source.close()
