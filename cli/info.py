@@ -7,10 +7,10 @@ import os
 
 import click
 
-from swimdiff_geo.inference.band_files import BandFiles, find_band_files, open_band_stack
+from swimdiff_geo.inference.band_files import BandStackSource, find_band_files, open_band_stack
 from swimdiff_geo.inference.contract import load_model
 from swimdiff_geo.inference.defaults import bundled_models, resolve_model_path
-from swimdiff_geo.inference.io import RasterBackend
+from swimdiff_geo.inference.io import RasterBackend, RasterSource
 
 from .options import handle_errors, parse_bands
 
@@ -52,65 +52,74 @@ def model_info(path: str) -> dict:
     }
 
 
-def band_files_info(backend: RasterBackend, files: BandFiles) -> dict:
-    """What ``info`` says about a Sentinel-2 product or a folder of band files."""
-    source = open_band_stack(backend, files)
-    try:
-        grid = source.grid
-        return {
-            "path": files.path,
-            "product": files.kind,
-            "processing_baseline": files.processing_baseline,
-            "band_files": files.files,
-            "radiometric_offsets": files.offsets,
-            "cloud_mask": files.cloud_mask,
-            **({"warning": files.warning} if files.warning else {}),
-            "nodata": files.nodata,
-            "width": grid.width,
-            "height": grid.height,
-            "count": source.count,
-            "grid_of_band": source.grid_band,
-            "crs": backend.crs_name(grid.crs_wkt),
-            "georeferenced": grid.georeferenced,
-            "resolution": list(grid.pixel_size),
-            "bounds": list(grid.bounds),
-        }
-    finally:
-        source.close()
+def band_files_info(backend: RasterBackend, stack: BandStackSource) -> dict:
+    """What ``info`` says about a Sentinel-2 product or a folder of band files, opened."""
+    files, grid = stack.files, stack.grid
+    return {
+        "path": files.path,
+        "product": files.kind,
+        "processing_baseline": files.processing_baseline,
+        "band_files": files.files,
+        "radiometric_offsets": files.offsets,
+        "cloud_mask": files.cloud_mask,
+        **({"warning": files.warning} if files.warning else {}),
+        "nodata": files.nodata,
+        "width": grid.width,
+        "height": grid.height,
+        "count": stack.count,
+        "grid_of_band": stack.grid_band,
+        "crs": backend.crs_name(grid.crs_wkt),
+        "georeferenced": grid.georeferenced,
+        "resolution": list(grid.pixel_size),
+        "bounds": list(grid.bounds),
+    }
 
 
-def raster_info(path: str, model_path: str | None, bands: list[int] | None) -> dict:
-    from swimdiff_geo.inference.defaults import default_backend
+def fit_to_model(source: RasterSource, model_path: str, bands: list[int] | None) -> dict:
+    """Whether ``source`` feeds the model: the bands it would use and the warnings it would get,
+    or why not."""
     from swimdiff_geo.inference.errors import InputError
     from swimdiff_geo.inference.inputs import (
         new_baseline_warning,
-        open_input,
         select_bands,
         value_scale_warning,
     )
 
+    model = load_model(model_path, device="cpu")
+    try:
+        chosen = select_bands(source, model.contract, bands)
+        fit = {
+            "model": model_path,
+            "fits": True,
+            "bands_used": dict(zip(model.contract.bands, chosen, strict=True)),
+        }
+        warning = value_scale_warning(source, chosen, model.contract)
+        if warning:  # fits, but probably in the wrong units
+            fit["units_warning"] = warning.removeprefix("warning: ")
+        warning = new_baseline_warning(source, chosen, model.contract)
+        if warning:  # fits, but a new product stacked without removing its offset
+            fit["baseline_warning"] = warning.removeprefix("warning: ")
+        return fit
+    except InputError as exc:  # unfit, or its pixels cannot be read
+        return {"model": model_path, "fits": False, "why": exc.problem}
+
+
+def raster_info(path: str, model_path: str | None, bands: list[int] | None) -> dict:
+    from swimdiff_geo.inference.defaults import default_backend
+
     backend = default_backend()
     files = find_band_files(path)
-    facts = backend.describe(path) if files is None else band_files_info(backend, files)
-    if model_path:
-        model = load_model(model_path, device="cpu")
-        source = open_input(backend, path)
-        try:
-            chosen = select_bands(source, model.contract, bands)
-            facts["fits_model"] = {
-                "model": model_path,
-                "fits": True,
-                "bands_used": dict(zip(model.contract.bands, chosen, strict=True)),
-            }
-            warning = value_scale_warning(source, chosen, model.contract)
-            if warning:  # fits, but probably in the wrong units
-                facts["fits_model"]["units_warning"] = warning.removeprefix("warning: ")
-            warning = new_baseline_warning(source, chosen, model.contract)
-            if warning:  # fits, but a new product stacked without removing its offset
-                facts["fits_model"]["baseline_warning"] = warning.removeprefix("warning: ")
-        except InputError as exc:
-            facts["fits_model"] = {"model": model_path, "fits": False, "why": exc.problem}
-        finally:
+    if files is None:
+        facts = backend.describe(path)
+        source = backend.open(path) if model_path else None
+    else:  # a product or band folder: opened once, for its facts and for the fit
+        source = open_band_stack(backend, files)
+        facts = band_files_info(backend, source)
+    try:
+        if model_path:
+            facts["fits_model"] = fit_to_model(source, model_path, bands)
+    finally:
+        if source is not None:
             source.close()
     return facts
 
