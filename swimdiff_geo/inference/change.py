@@ -14,10 +14,9 @@ from .errors import InputError
 from .inputs import (
     align_pair,
     extent_window,
-    new_baseline_warning,
+    input_warnings,
     open_input,
     select_bands,
-    value_scale_warning,
 )
 from .io import RasterSpec, Window
 from .jobs import (
@@ -121,12 +120,8 @@ def detect_change(
         bands_a = select_bands(a, contract, options.bands)
         bands_b = select_bands(b, contract, options.bands)
         for source, bands in ((a, bands_a), (b, bands_b)):
-            for warning in (
-                value_scale_warning(source, bands, contract),
-                new_baseline_warning(source, bands, contract),
-            ):
-                if warning:
-                    ctx.log(warning)
+            for warning in input_warnings(source, bands, contract):
+                ctx.log(warning)
         grid, a, a_offset, b_on_grid = align_pair(ctx.backend, a, b, ctx.log)
         if b_on_grid is not b:
             sources.append(b_on_grid)

@@ -231,6 +231,19 @@ def new_baseline_warning(
     )
 
 
+def input_warnings(
+    source: RasterSource, bands: Sequence[int], contract: ModelContract
+) -> list[str]:
+    """What a job warns about an input it can read: values on another scale than the model's
+    training data (:func:`value_scale_warning`), a new Sentinel-2 product stacked without its
+    offset removed (:func:`new_baseline_warning`)."""
+    warnings = (
+        value_scale_warning(source, bands, contract),
+        new_baseline_warning(source, bands, contract),
+    )
+    return [w for w in warnings if w]
+
+
 def _pixel_window(grid: Grid, bounds: tuple[float, float, float, float]) -> Window | None:
     """The window of ``grid`` covering ``bounds`` (pixels at least half inside), or None."""
     x0, dx, _, y0, _, dy = grid.transform

@@ -23,10 +23,9 @@ from .engine import DateInput, StackedReader, _read_ahead, run_sliding_window
 from .errors import CancelledError, InputError
 from .inputs import (
     extent_window,
-    new_baseline_warning,
+    input_warnings,
     open_input,
     select_bands,
-    value_scale_warning,
 )
 from .io import Grid, RasterSpec, Window
 from .jobs import (
@@ -125,12 +124,8 @@ def map_landcover(
     source = open_input(ctx.backend, image, ctx.log, options.mask_clouds)
     try:
         bands = select_bands(source, contract, options.bands)
-        for warning in (
-            value_scale_warning(source, bands, contract),
-            new_baseline_warning(source, bands, contract),
-        ):
-            if warning:
-                ctx.log(warning)
+        for warning in input_warnings(source, bands, contract):
+            ctx.log(warning)
         image_grid, offset = source.grid, (0, 0)
         if options.extent is not None:
             window = extent_window(
