@@ -22,7 +22,6 @@ import platform
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import rasterio
@@ -36,7 +35,7 @@ from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_c
 from swimdiff_geo.inference.inputs import open_input  # noqa: E402
 from swimdiff_geo.inference.io import Window  # noqa: E402
 from swimdiff_geo.inference.io_rasterio import RasterioBackend  # noqa: E402
-from tests.sentinel2_safe import write_jp2_rasterio, write_safe  # noqa: E402
+from tests.sentinel2_safe import write_jp2_rasterio, write_safe, zip_product  # noqa: E402
 
 MARKER = "bench_products"
 
@@ -45,14 +44,6 @@ def _product(stack_path: Path, folder: Path, **kwargs) -> Path:
     with rasterio.open(stack_path) as ds:
         stack, transform, crs = ds.read(), ds.transform.to_gdal(), ds.crs.to_wkt()
     return write_safe(folder, stack, transform, crs, write_jp2_rasterio, **kwargs)
-
-
-def _zip(product: Path) -> Path:
-    archive = product.with_suffix(".zip")
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
-        for file in sorted(product.rglob("*")):
-            zf.write(file, file.relative_to(product.parent).as_posix())
-    return archive
 
 
 def read_all_s(paths: tuple[Path, Path]) -> float:
@@ -101,7 +92,7 @@ def main() -> None:
         inputs = {
             "13-band GeoTIFF (10 m grid)": stacks,
             "SAFE folders (JPEG 2000 per band)": products,
-            "SAFE ZIPs (read in place)": (products[0], _zip(products[1])),
+            "SAFE ZIPs (read in place)": (products[0], zip_product(products[1])),
         }
         rows = []
         for name, paths in inputs.items():

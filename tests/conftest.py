@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from tests.model_builders import (
     pointwise_segmentation_model,
     segmentation_contract,
 )
-from tests.sentinel2_safe import S2_CLOUD_MASK, write_jp2_rasterio, write_safe
+from tests.sentinel2_safe import S2_CLOUD_MASK, write_jp2_rasterio, write_safe, zip_product
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"
@@ -76,11 +75,7 @@ def s2_products(s2_pair, tmp_path_factory) -> dict[str, Path]:
             root / "b_new", s2_pair[1], date="20180205", baseline="05.09", cloud_mask=S2_CLOUD_MASK
         ),
     }
-    zip_path = root / f"{out['b_new'].name[:-5]}.zip"
-    with zipfile.ZipFile(zip_path, "w") as archive:
-        for file in sorted(out["b_new"].rglob("*")):
-            archive.write(file, file.relative_to(out["b_new"].parent).as_posix())
-    out["b_zip"] = zip_path
+    out["b_zip"] = zip_product(out["b_new"])
     return out
 
 

@@ -15,6 +15,7 @@ benchmarks, one on osgeo.gdal in the QGIS tests (whose Python has no rasterio).
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,6 +137,16 @@ def write_safe(
     name = "MTD_MSIL1C.xml" if level == "L1C" else "MTD_MSIL2A.xml"
     (safe / name).write_text(_metadata_xml(level, baseline, -offset))
     return safe
+
+
+def zip_product(product: Path) -> Path:
+    """``product`` (a ``.SAFE`` folder) zipped beside it as Copernicus Data Space serves it:
+    ``<name>.zip`` holding ``<name>.SAFE/...``, stored."""
+    archive = product.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        for file in sorted(product.rglob("*")):
+            zf.write(file, file.relative_to(product.parent).as_posix())
+    return archive
 
 
 def write_jp2_rasterio(
