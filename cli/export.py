@@ -85,6 +85,12 @@ from .finetune import _names, train_errors
     help="Largest allowed |PyTorch - onnxruntime| on the parity windows, relative to "
     "max(1, |output|): absolute for probabilities.",
 )
+@click.option(
+    "--water-mask",
+    is_flag=True,
+    help="Change models: set the change probability to 0 where every date is water "
+    "(NDWI from B03 and B08 > 0), inside the graph (docs/export.md).",
+)
 @train_errors
 def export(checkpoint: str, out: str, **kwargs: Any) -> None:
     """Export CHECKPOINT (best.ckpt, last.ckpt or encoder.pt) to ONNX."""

@@ -302,6 +302,87 @@ def export_onnx(
     return out
 
 
+# Water on every date is not the change a change model is for (OSCD labels urban change), but a
+# river or lake whose colour changed (sediment, algae, sun glint) looks changed to the network.
+WATER_MASK_BANDS = ("B03", "B08")  # green, near infrared: McFeeters' NDWI
+
+
+def add_water_mask(src: str | Path, dst: str | Path) -> None:
+    """Copy the change model ``src`` to ``dst`` with a water mask inside its graph: the change
+    probability becomes 0 wherever every date is water by McFeeters' NDWI,
+    ``(B03 - B08) / (B03 + B08) > 0`` (i.e. green brighter than near infrared), computed from
+    the model's own input with its scaling undone. A pixel that is water on only one date
+    (land reclaimed from the sea, a new reservoir) keeps its probability. Records the rule as
+    the metadata key ``water_mask``; everything else, the output name and shape included, is
+    unchanged, so the engine, QGIS and any ONNX runtime run it as before."""
+    model = onnx.load(str(src))
+    meta = read_metadata(model)
+    contract = ModelContract.from_metadata(meta, str(src))
+    if contract.model_type != "change_detection":
+        raise ExportError(f"{src}: a water mask is for change models, not {contract.model_type}")
+    missing = [b for b in WATER_MASK_BANDS if b not in contract.bands]
+    if missing:
+        raise ExportError(f"{src}: a water mask needs bands {', '.join(missing)}")
+    if "water_mask" in meta:
+        raise ExportError(f"{src}: already has a water mask")
+    graph = model.graph
+    probability = graph.output[0].name
+    unmasked = f"{probability}_before_water_mask"
+    for node in graph.node:
+        node.output[:] = [unmasked if o == probability else o for o in node.output]
+    channels = len(contract.bands)
+    mean = contract.standardization_mean or [0.0] * channels
+    std = contract.standardization_std or [1.0] * channels
+    nodes, constants = [], []
+
+    def constant(name: str, value: Any, dtype: type) -> str:
+        constants.append(onnx.numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    water = []
+    for date in range(contract.num_dates):
+        reflectance = []  # the band as the engine read it (times input_scale), (N, 1, H, W)
+        for band in WATER_MASK_BANDS:
+            c = date * channels + contract.bands.index(band)
+            tag = f"water_mask_d{date}_{band}"
+            nodes.append(onnx.helper.make_node(
+                "Slice", [graph.input[0].name, constant(f"{tag}_start", [c], np.int64),
+                          constant(f"{tag}_end", [c + 1], np.int64),
+                          constant(f"{tag}_axis", [1], np.int64)], [f"{tag}_input"]))  # fmt: skip
+            b = contract.bands.index(band)
+            nodes.append(onnx.helper.make_node(
+                "Mul", [f"{tag}_input", constant(f"{tag}_std", std[b], np.float32)],
+                [f"{tag}_times_std"]))  # fmt: skip
+            nodes.append(onnx.helper.make_node(
+                "Add", [f"{tag}_times_std", constant(f"{tag}_mean", mean[b], np.float32)],
+                [f"{tag}_value"]))  # fmt: skip
+            reflectance.append(f"{tag}_value")
+        water.append(f"water_mask_d{date}_water")
+        nodes.append(onnx.helper.make_node("Greater", reflectance, [water[-1]]))
+    every_date = water[0]
+    for date, other in enumerate(water[1:], start=1):
+        nodes.append(onnx.helper.make_node("And", [every_date, other], [f"water_mask_and{date}"]))
+        every_date = f"water_mask_and{date}"
+    nodes.append(onnx.helper.make_node("Not", [every_date], ["water_mask_land"]))
+    nodes.append(onnx.helper.make_node(
+        "Cast", ["water_mask_land"], ["water_mask_keep"], to=onnx.TensorProto.FLOAT))  # fmt: skip
+    nodes.append(onnx.helper.make_node("Mul", [unmasked, "water_mask_keep"], [probability]))
+    graph.node.extend(nodes)
+    graph.initializer.extend(constants)
+    meta["water_mask"] = json.dumps(
+        {
+            "index": "NDWI",
+            "bands": list(WATER_MASK_BANDS),
+            "above": 0.0,
+            "dates": "all",
+            "effect": "change probability 0",
+        }  # fmt: skip
+    )
+    write_metadata(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+
+
 # ---------------------------------------------------------------------------------------------
 # Real windows for parity, calibration and evaluation
 
@@ -724,13 +805,19 @@ def export_model(
     parity_windows: int = 4,
     calibration_windows: int = 32,
     tolerance: float = PARITY_TOLERANCE,
+    water_mask: bool = False,
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` (+ ``<stem>.int8.onnx`` with ``int8``,
     ``<stem>.compressed.onnx`` with ``compress``: see :func:`compress_weights`), check it, and
-    write a report ``<stem>.export.json``; returns the report."""
+    write a report ``<stem>.export.json``; returns the report. ``water_mask`` (change models):
+    every file written gets :func:`add_water_mask`, after the checks, which compare the
+    network itself with PyTorch."""
     out = Path(out)
     source = load_export_source(checkpoint, embedding, bands, input_scale, tile_size)
+    if water_mask and source.contract.model_type != "change_detection":
+        raise ExportError(f"{checkpoint}: a water mask is for change models, not "
+                          f"{source.contract.model_type}")  # fmt: skip
     started = time.monotonic()
     export_onnx(source, out, exporter=exporter)
     print_fn(
@@ -771,5 +858,14 @@ def export_model(
         report["compressed"] = {"onnx": str(small_path)} | compare_with_fp32(
             source, out, small_path, data, speed_windows, print_fn, name="compressed"
         )
+    if water_mask:
+        for written in [out] + [
+            Path(report[k]["onnx"]) for k in ("int8", "compressed") if k in report
+        ]:
+            masked = written.with_name(written.stem + ".masking.onnx")
+            add_water_mask(written, masked)
+            masked.replace(written)
+        report["water_mask"] = True
+        print_fn("water mask added: change probability 0 where every date is water (NDWI > 0)")
     out.with_name(out.stem + ".export.json").write_text(json.dumps(report, indent=2))
     return report

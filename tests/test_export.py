@@ -7,14 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
 from swimdiff_geo.cli.main import cli
 
+from swimdiff_geo.bands import SENTINEL2_L1C
 from swimdiff_geo.export import (
     ExportError,
+    add_water_mask,
     check_parity,
     export_model,
     export_onnx,
@@ -26,6 +29,12 @@ from swimdiff_geo.models.encoder import build_encoder
 from swimdiff_geo.train.finetune import finetune_change
 from tests.datasets.test_landcover_data import RASTER
 from tests.datasets.test_oscd import build_oscd_labelled
+from tests.model_builders import (
+    change_contract,
+    pointwise_change_model,
+    pointwise_segmentation_model,
+    segmentation_contract,
+)
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +164,63 @@ def test_compress_weights_rounds_large_convolutions_to_per_channel_int8(
     assert np.abs(a - b).max() < 2e-2
     with pytest.raises(ExportError, match="already quantised"):
         compress_weights(small, tmp_path / "again.onnx")
+
+
+def _scaled_pair(contract, s2_pair) -> tuple[np.ndarray, np.ndarray]:
+    """The sample pair as the engine feeds a model: raw ``(13, H, W)`` per date and the
+    scaled model input ``(1, 26, H, W)``."""
+    raw = [rasterio.open(path).read().astype(np.float32) for path in s2_pair]
+    scaled = np.concatenate([contract.scale(r.copy()) for r in raw])[None]
+    return np.stack(raw), scaled
+
+
+def test_water_mask_zeroes_change_only_where_every_date_is_water(s2_pair, tmp_path: Path) -> None:
+    """Las Vegas 2015 -> 2018 holds both kinds of water: 93 px water on both dates (probability
+    0 after the mask) and ~1500 px water on one date only (kept, like land won from the sea);
+    the mask undoes the model's standardisation to read B03 and B08 as the engine read them."""
+    contract = change_contract(
+        list(SENTINEL2_L1C.bands), input_scale=1e-4,
+        standardization_mean=[0.1 + 0.02 * b for b in range(13)],  # differs per band
+        standardization_std=[0.03 + 0.01 * b for b in range(13)],
+    )  # fmt: skip
+    plain = pointwise_change_model(str(tmp_path / "plain.onnx"), contract, 0.5, -1.0)
+    masked = tmp_path / "masked.onnx"
+    add_water_mask(plain, masked)
+    loaded = load_model(masked, expected_type="change_detection")
+    assert loaded.contract.extra["water_mask"]["bands"] == ["B03", "B08"]
+    raw, x = _scaled_pair(loaded.contract, s2_pair)
+    run = {p: ort.InferenceSession(str(p)).run(None, {"x": x})[0][0, 0] for p in (plain, masked)}
+    green, nir = SENTINEL2_L1C.bands.index("B03"), SENTINEL2_L1C.bands.index("B08")
+    water = raw[:, green] > raw[:, nir]  # (2, H, W): NDWI > 0 per date
+    both, one = water.all(axis=0), water.any(axis=0) & ~water.all(axis=0)
+    assert both.sum() > 50 and one.sum() > 500
+    assert np.all(run[masked][both] == 0) and np.all(run[plain][both] > 0.2)
+    np.testing.assert_array_equal(run[masked][~both], run[plain][~both])
+
+
+def test_water_mask_refuses_other_models(s2_pair, tmp_path: Path) -> None:
+    rgb = pointwise_change_model(str(tmp_path / "rgb.onnx"), change_contract(["R", "G", "B"]), 1, 0)
+    with pytest.raises(ExportError, match="rgb.onnx: a water mask needs bands B03, B08"):
+        add_water_mask(rgb, tmp_path / "out.onnx")
+    contract = segmentation_contract(["B03", "B08"], ["water", "land"])
+    seg = pointwise_segmentation_model(str(tmp_path / "seg.onnx"), contract, np.eye(2))
+    with pytest.raises(ExportError, match="for change models, not segmentation"):
+        add_water_mask(seg, tmp_path / "out.onnx")
+    s2 = pointwise_change_model(str(tmp_path / "s2.onnx"), change_contract(["B03", "B08"]), 1, 0)
+    add_water_mask(s2, tmp_path / "once.onnx")
+    with pytest.raises(ExportError, match="once.onnx: already has a water mask"):
+        add_water_mask(tmp_path / "once.onnx", tmp_path / "twice.onnx")
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "twice.onnx").exists()
+
+
+def test_export_cli_water_mask_masks_every_file_it_writes(change_ckpt: Path, tmp_path: Path):
+    out = tmp_path / "change.onnx"
+    result = CliRunner().invoke(
+        cli, ["export", str(change_ckpt), "-o", str(out), "--compress", "--water-mask",
+              "--exporter", "torchscript"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "water mask added" in result.output
+    for path in (out, tmp_path / "change.compressed.onnx"):
+        assert load_model(path).contract.extra["water_mask"]["dates"] == "all"
+    assert json.loads((tmp_path / "change.export.json").read_text())["water_mask"] is True

@@ -55,12 +55,18 @@ def main() -> None:
         help="override a contract key, e.g. input_scale=0.0001 (the model then takes DN) or "
         'class_colors=\'{"0": "#e31a1c"}\'; repeatable',
     )
+    parser.add_argument(
+        "--water-mask",
+        action="store_true",
+        help="change models: probability 0 where every date is water (export --water-mask)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / f"{args.name}.onnx"
         report = export_model(
-            args.checkpoint, fp32, compress=True, tile_size=args.tile_size, data=args.data
-        )
+            args.checkpoint, fp32, compress=True, tile_size=args.tile_size, data=args.data,
+            water_mask=args.water_mask,
+        )  # fmt: skip
         small = Path(report["compressed"]["onnx"])
         entries: dict[str, object] = {"license": args.license}
         for item in args.set:
