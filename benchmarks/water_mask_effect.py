@@ -9,7 +9,7 @@ fine-tuning checkpoint (exported to ONNX here first; parity with PyTorch enforce
 runs through the engine (``detect_change``, as ``swimdiff-geo detect-change`` does) twice: as it
 is and with :func:`swimdiff_geo.export.add_water_mask`. Prints per city, pooled over the
 cities of each run, and over every run (the cities of all the folds of a cross-validation):
-precision / recall / F1 without and with the mask, the pixels that are water (NDWI > 0)
+precision / recall / F1 without and with the mask, the pixels that are water (by the mask's rule)
 on both dates, and how many of the labelled changed pixels lie there (what the mask must not
 remove).
 """
@@ -28,13 +28,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cva_otsu_oscd import counts, engine_change_mask, score_cell, scores  # noqa: E402
 
 from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root  # noqa: E402
-from swimdiff_geo.export import WATER_MASK_BANDS, add_water_mask, export_model  # noqa: E402
+from swimdiff_geo.export import (  # noqa: E402
+    WATER_MASK_BANDS,
+    WATER_SWIR_MAX,
+    add_water_mask,
+    export_model,
+)
 
 
 def water_on_both_dates(city: OSCDCity) -> np.ndarray:
-    """NDWI > 0 (green brighter than near infrared) on both dates; bool ``(H, W)``."""
-    green, nir = (city.bands.index(b) for b in WATER_MASK_BANDS)
-    return np.logical_and.reduce([(x[green] > x[nir]) for x in (city.read(1), city.read(2))])
+    """The mask's water (B03 > B08 and B11 < 0.05 reflectance) on both dates; bool ``(H, W)``."""
+    green, nir, swir = (city.bands.index(b) for b in WATER_MASK_BANDS)
+    return np.logical_and.reduce(
+        [
+            (x[green] > x[nir]) & (x[swir] < WATER_SWIR_MAX * 1e4)
+            for x in (city.read(1), city.read(2))
+        ]
+    )
 
 
 def as_onnx(model: Path, tmp: Path) -> Path:

@@ -304,14 +304,19 @@ def export_onnx(
 
 # Water on every date is not the change a change model is for (OSCD labels urban change), but a
 # river or lake whose colour changed (sediment, algae, sun glint) looks changed to the network.
-WATER_MASK_BANDS = ("B03", "B08")  # green, near infrared: McFeeters' NDWI
+# Water: green brighter than near infrared (McFeeters' NDWI > 0) and shortwave infrared below
+# 5 % reflectance (water absorbs it). NDWI alone also takes dark roofs and shadows in hazy
+# top-of-atmosphere images for water (a third of OSCD's Paris); their SWIR is 6-12 %.
+WATER_MASK_BANDS = ("B03", "B08", "B11")  # green, near infrared, shortwave infrared 1
+WATER_SWIR_MAX = 0.05  # B11 reflectance (Sentinel-2 digital number x 1e-4)
 
 
 def add_water_mask(src: str | Path, dst: str | Path) -> None:
-    """Copy the change model ``src`` to ``dst`` with a water mask inside its graph: the change
-    probability becomes 0 wherever every date is water by McFeeters' NDWI,
-    ``(B03 - B08) / (B03 + B08) > 0`` (i.e. green brighter than near infrared), computed from
-    the model's own input with its scaling undone. A pixel that is water on only one date
+    """Copy the Sentinel-2 change model ``src`` to ``dst`` with a water mask inside its graph:
+    the change probability becomes 0 wherever every date is water, ``B03 > B08`` (NDWI > 0)
+    and ``B11 < 0.05`` reflectance, computed from the model's own input with its
+    standardisation undone (inputs in digital numbers = reflectance x 10,000, as Sentinel-2
+    L1C/L2A and the engine's units check have them). A pixel that is water on only one date
     (land reclaimed from the sea, a new reservoir) keeps its probability. Records the rule as
     the metadata key ``water_mask``; everything else, the output name and shape included, is
     unchanged, so the engine, QGIS and any ONNX runtime run it as before."""
@@ -322,7 +327,7 @@ def add_water_mask(src: str | Path, dst: str | Path) -> None:
         raise ExportError(f"{src}: a water mask is for change models, not {contract.model_type}")
     missing = [b for b in WATER_MASK_BANDS if b not in contract.bands]
     if missing:
-        raise ExportError(f"{src}: a water mask needs bands {', '.join(missing)}")
+        raise ExportError(f"{src}: a water mask needs Sentinel-2 bands {', '.join(missing)}")
     if "water_mask" in meta:
         raise ExportError(f"{src}: already has a water mask")
     graph = model.graph
@@ -339,41 +344,42 @@ def add_water_mask(src: str | Path, dst: str | Path) -> None:
         constants.append(onnx.numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 
-    water = []
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> str:
+        nodes.append(onnx.helper.make_node(op, inputs, [output], **attributes))
+        return output
+
+    def band_value(date: int, band: str) -> str:
+        """``(N, 1, H, W)``: the band as the engine read it (raw x input_scale)."""
+        b = contract.bands.index(band)
+        tag = f"water_mask_d{date}_{band}"
+        c = date * channels + b
+        bounds = [constant(f"{tag}_{name}", [value], np.int64)
+                  for name, value in (("start", c), ("end", c + 1), ("axis", 1))]  # fmt: skip
+        sliced = node("Slice", [graph.input[0].name, *bounds], f"{tag}_input")
+        times_std = node("Mul", [sliced, constant(f"{tag}_std", std[b], np.float32)],
+                         f"{tag}_times_std")  # fmt: skip
+        return node("Add", [times_std, constant(f"{tag}_mean", mean[b], np.float32)],
+                    f"{tag}_value")  # fmt: skip
+
+    swir_max = constant("water_mask_swir_max", WATER_SWIR_MAX * 1e4 * contract.input_scale,
+                        np.float32)  # fmt: skip
+    every_date = ""
     for date in range(contract.num_dates):
-        reflectance = []  # the band as the engine read it (times input_scale), (N, 1, H, W)
-        for band in WATER_MASK_BANDS:
-            c = date * channels + contract.bands.index(band)
-            tag = f"water_mask_d{date}_{band}"
-            nodes.append(onnx.helper.make_node(
-                "Slice", [graph.input[0].name, constant(f"{tag}_start", [c], np.int64),
-                          constant(f"{tag}_end", [c + 1], np.int64),
-                          constant(f"{tag}_axis", [1], np.int64)], [f"{tag}_input"]))  # fmt: skip
-            b = contract.bands.index(band)
-            nodes.append(onnx.helper.make_node(
-                "Mul", [f"{tag}_input", constant(f"{tag}_std", std[b], np.float32)],
-                [f"{tag}_times_std"]))  # fmt: skip
-            nodes.append(onnx.helper.make_node(
-                "Add", [f"{tag}_times_std", constant(f"{tag}_mean", mean[b], np.float32)],
-                [f"{tag}_value"]))  # fmt: skip
-            reflectance.append(f"{tag}_value")
-        water.append(f"water_mask_d{date}_water")
-        nodes.append(onnx.helper.make_node("Greater", reflectance, [water[-1]]))
-    every_date = water[0]
-    for date, other in enumerate(water[1:], start=1):
-        nodes.append(onnx.helper.make_node("And", [every_date, other], [f"water_mask_and{date}"]))
-        every_date = f"water_mask_and{date}"
-    nodes.append(onnx.helper.make_node("Not", [every_date], ["water_mask_land"]))
-    nodes.append(onnx.helper.make_node(
-        "Cast", ["water_mask_land"], ["water_mask_keep"], to=onnx.TensorProto.FLOAT))  # fmt: skip
-    nodes.append(onnx.helper.make_node("Mul", [unmasked, "water_mask_keep"], [probability]))
+        green, nir, swir = (band_value(date, band) for band in WATER_MASK_BANDS)
+        water = node("And", [node("Greater", [green, nir], f"water_mask_d{date}_ndwi"),
+                             node("Less", [swir, swir_max], f"water_mask_d{date}_dark_swir")],
+                     f"water_mask_d{date}_water")  # fmt: skip
+        every_date = (
+            node("And", [every_date, water], f"water_mask_to_d{date}") if every_date else water
+        )
+    keep = node("Cast", [node("Not", [every_date], "water_mask_land")], "water_mask_keep",
+                to=onnx.TensorProto.FLOAT)  # fmt: skip
+    node("Mul", [unmasked, keep], probability)
     graph.node.extend(nodes)
     graph.initializer.extend(constants)
     meta["water_mask"] = json.dumps(
         {
-            "index": "NDWI",
-            "bands": list(WATER_MASK_BANDS),
-            "above": 0.0,
+            "water": "B03 > B08 (NDWI > 0) and B11 < 0.05 reflectance",
             "dates": "all",
             "effect": "change probability 0",
         }  # fmt: skip

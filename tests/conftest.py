@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 
 from tests.model_builders import (
     change_contract,
@@ -49,6 +50,28 @@ def s2_pair() -> tuple[Path, Path]:
     """A real 13-band Sentinel-2 L1C pair (uint16 DN) from an unlabelled OSCD city."""
     folder = SAMPLE_DATA / "s2_pair"
     return folder / "s2_date_a.tif", folder / "s2_date_b.tif"
+
+
+def water_on_each_date(pair: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The water mask's rule (B03 > B08 and B11 < 500 DN) on each date's raw digital numbers,
+    bool ``(2, H, W)``, and the pixels on its boundary on some date (B03 == B08 or B11 within
+    1 DN of 500), where the model's float32 arithmetic may decide either way, bool ``(H, W)``."""
+    band = {name: i + 1 for i, name in enumerate(S2_BANDS)}
+    water, tie = [], []
+    for path in pair:
+        with rasterio.open(path) as src:
+            green, nir, swir = (src.read(band[b]).astype(np.float64) for b in ("B03", "B08", "B11"))
+        water.append((green > nir) & (swir < 500))
+        tie.append((green == nir) | (np.abs(swir - 500) <= 1))
+    return np.stack(water), np.any(tie, axis=0)
+
+
+@pytest.fixture(scope="session")
+def s2_water_pair() -> tuple[Path, Path]:
+    """A real 48 px Sentinel-2 L1C pair (uint16 DN, Rio's shore) with water on both dates, on
+    one date only, and land."""
+    folder = SAMPLE_DATA / "s2_water_rio"
+    return folder / "s2_water_a.tif", folder / "s2_water_b.tif"
 
 
 def write_s2_product(folder: Path, image: Path, **kwargs) -> Path:

@@ -27,6 +27,7 @@ from swimdiff_geo.export import (
 from swimdiff_geo.inference.contract import load_model
 from swimdiff_geo.models.encoder import build_encoder
 from swimdiff_geo.train.finetune import finetune_change
+from tests.conftest import water_on_each_date
 from tests.datasets.test_landcover_data import RASTER
 from tests.datasets.test_oscd import build_oscd_labelled
 from tests.model_builders import (
@@ -166,18 +167,12 @@ def test_compress_weights_rounds_large_convolutions_to_per_channel_int8(
         compress_weights(small, tmp_path / "again.onnx")
 
 
-def _scaled_pair(contract, s2_pair) -> tuple[np.ndarray, np.ndarray]:
-    """The sample pair as the engine feeds a model: raw ``(13, H, W)`` per date and the
-    scaled model input ``(1, 26, H, W)``."""
-    raw = [rasterio.open(path).read().astype(np.float32) for path in s2_pair]
-    scaled = np.concatenate([contract.scale(r.copy()) for r in raw])[None]
-    return np.stack(raw), scaled
-
-
-def test_water_mask_zeroes_change_only_where_every_date_is_water(s2_pair, tmp_path: Path) -> None:
-    """Las Vegas 2015 -> 2018 holds both kinds of water: 93 px water on both dates (probability
-    0 after the mask) and ~1500 px water on one date only (kept, like land won from the sea);
-    the mask undoes the model's standardisation to read B03 and B08 as the engine read them."""
+def test_water_mask_zeroes_change_only_where_every_date_is_water(
+    s2_water_pair, tmp_path: Path
+) -> None:
+    """Rio's shore: 744 px water on both dates (probability 0 after the mask), 760 px water on
+    one date only and 800 px land (both kept as they were); the mask undoes the model's
+    standardisation and input scale to read B03, B08 and B11 as digital numbers."""
     contract = change_contract(
         list(SENTINEL2_L1C.bands), input_scale=1e-4,
         standardization_mean=[0.1 + 0.02 * b for b in range(13)],  # differs per band
@@ -187,26 +182,30 @@ def test_water_mask_zeroes_change_only_where_every_date_is_water(s2_pair, tmp_pa
     masked = tmp_path / "masked.onnx"
     add_water_mask(plain, masked)
     loaded = load_model(masked, expected_type="change_detection")
-    assert loaded.contract.extra["water_mask"]["bands"] == ["B03", "B08"]
-    raw, x = _scaled_pair(loaded.contract, s2_pair)
+    assert "B11 < 0.05" in loaded.contract.extra["water_mask"]["water"]
+    raw = [rasterio.open(path).read().astype(np.float32) for path in s2_water_pair]
+    x = np.concatenate([loaded.contract.scale(r) for r in raw])[None]
     run = {p: ort.InferenceSession(str(p)).run(None, {"x": x})[0][0, 0] for p in (plain, masked)}
-    green, nir = SENTINEL2_L1C.bands.index("B03"), SENTINEL2_L1C.bands.index("B08")
-    water = raw[:, green] > raw[:, nir]  # (2, H, W): NDWI > 0 per date
-    both, one = water.all(axis=0), water.any(axis=0) & ~water.all(axis=0)
-    assert both.sum() > 50 and one.sum() > 500
+    water, tie = water_on_each_date(s2_water_pair)
+    both, rest = water.all(axis=0) & ~tie, ~water.all(axis=0) & ~tie
+    assert both.sum() > 500 and (water.any(axis=0) & rest).sum() > 500 and rest.sum() > 1000
     assert np.all(run[masked][both] == 0) and np.all(run[plain][both] > 0.2)
-    np.testing.assert_array_equal(run[masked][~both], run[plain][~both])
+    np.testing.assert_array_equal(run[masked][rest], run[plain][rest])
 
 
 def test_water_mask_refuses_other_models(s2_pair, tmp_path: Path) -> None:
     rgb = pointwise_change_model(str(tmp_path / "rgb.onnx"), change_contract(["R", "G", "B"]), 1, 0)
-    with pytest.raises(ExportError, match="rgb.onnx: a water mask needs bands B03, B08"):
+    with pytest.raises(
+        ExportError, match="rgb.onnx: a water mask needs Sentinel-2 bands B03, B08, B11"
+    ):
         add_water_mask(rgb, tmp_path / "out.onnx")
-    contract = segmentation_contract(["B03", "B08"], ["water", "land"])
-    seg = pointwise_segmentation_model(str(tmp_path / "seg.onnx"), contract, np.eye(2))
+    contract = segmentation_contract(["B03", "B08", "B11"], ["water", "land", "cloud"])
+    seg = pointwise_segmentation_model(str(tmp_path / "seg.onnx"), contract, np.eye(3))
     with pytest.raises(ExportError, match="for change models, not segmentation"):
         add_water_mask(seg, tmp_path / "out.onnx")
-    s2 = pointwise_change_model(str(tmp_path / "s2.onnx"), change_contract(["B03", "B08"]), 1, 0)
+    s2 = pointwise_change_model(
+        str(tmp_path / "s2.onnx"), change_contract(["B11", "B08", "B03"]), 1, 0
+    )
     add_water_mask(s2, tmp_path / "once.onnx")
     with pytest.raises(ExportError, match="once.onnx: already has a water mask"):
         add_water_mask(tmp_path / "once.onnx", tmp_path / "twice.onnx")
@@ -222,5 +221,5 @@ def test_export_cli_water_mask_masks_every_file_it_writes(change_ckpt: Path, tmp
     assert result.exit_code == 0, result.output
     assert "water mask added" in result.output
     for path in (out, tmp_path / "change.compressed.onnx"):
-        assert load_model(path).contract.extra["water_mask"]["dates"] == "all"
+        assert load_model(path).contract.extra["water_mask"]["dates"] == "all", path
     assert json.loads((tmp_path / "change.export.json").read_text())["water_mask"] is True

@@ -7,6 +7,8 @@ Writes small, redistributable crops (see sample_data/README.md for sources and l
   nowhere, so the crop carries none), every band resampled (bilinear) onto the 10 m B02 grid;
 - landsat_pucallpa/: two Landsat composites (1990, 2020), public domain;
 - naip_nd/: two NAIP crops (2015, 2020) that keep their own, ~1 px different, grids;
+- s2_water_rio/: a 48 px Sentinel-2 L1C pair from Rio de Janeiro (an OSCD test city) with
+  water on both dates, water on one date only and land, for the change model's water mask;
 - s2_slovenia/: eo-learn's 13-band Sentinel-2 L1C scene 3 (a date the bundled land-cover model
   was not trained on) as uint16 DN, with its land-use label raster (MIT / Copernicus / RABA).
 """
@@ -86,6 +88,17 @@ def make_s2(shared: Path) -> None:
         write(OUT / "s2_pair" / name, data, profile, list(SENTINEL2_L1C.bands))
 
 
+# Guanabara Bay's shore: water on both dates, water on one date only, land (a search of the
+# unlabelled OSCD cities for the 48 px window with the most of the smallest of the three).
+WATER_CITY, WATER_WINDOW = "rio", Window(240, 232, 48, 48)
+
+
+def make_s2_water(shared: Path) -> None:
+    for date, name in ((1, "s2_water_a.tif"), (2, "s2_water_b.tif")):
+        data, profile = oscd_stack(shared / OSCD_IMAGES / WATER_CITY, date, WATER_WINDOW)
+        write(OUT / "s2_water_rio" / name, data, profile, list(SENTINEL2_L1C.bands))
+
+
 def crop(src_path: Path, dst_path: Path, bounds: tuple[float, float, float, float] | None,
          names: list[str]) -> None:  # fmt: skip
     with rasterio.open(src_path) as src:
@@ -134,6 +147,7 @@ def main() -> None:
     parser.add_argument("shared_data", type=Path, help="the folder holding oscd/, naip_.../ ...")
     args = parser.parse_args()
     make_s2(args.shared_data)
+    make_s2_water(args.shared_data)
     make_landsat(args.shared_data)
     make_naip(args.shared_data)
     make_slovenia(args.shared_data)
