@@ -18,7 +18,7 @@ from swimdiff_geo.inference.defaults import (
     default_model_path,
     resolve_model_path,
 )
-from tests.conftest import S2_BANDS
+from tests.conftest import S2_BANDS, water_on_each_date
 
 
 def test_every_bundled_model_is_at_most_25_mb_and_self_describing():
@@ -62,6 +62,19 @@ def test_default_change_model_on_the_sample_pair(s2_pair, tmp_path):
     np.testing.assert_allclose(swapped, prob, atol=1e-5)
     same, _ = _detect(a, a, tmp_path / "aa")
     assert same["pixels"]["changed"] < 0.1 * summary["pixels"]["changed"]
+
+
+def test_default_change_model_calls_no_change_on_water(s2_water_pair, tmp_path):
+    """The bundled change model carries the water mask (docs/export.md): on Rio's shore its
+    probability is 0 where both dates are water and the network's own (never exactly 0)
+    elsewhere, water on one date only included."""
+    mask = load_model(default_model_path("change_detection")).contract.extra["water_mask"]
+    assert "B11" in mask["water"]
+    _, prob = _detect(*s2_water_pair, tmp_path / "ab")
+    water, tie = water_on_each_date(s2_water_pair)
+    both, one = water.all(axis=0) & ~tie, water.any(axis=0) & ~water.all(axis=0) & ~tie
+    assert both.sum() > 500 and one.sum() > 500
+    assert np.all(prob[both] == 0) and np.all(prob[one] > 0)
 
 
 def test_bundled_model_by_name_maps_slovenian_land_cover(tmp_path):
