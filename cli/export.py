@@ -88,8 +88,8 @@ from .finetune import _names, train_errors
 @click.option(
     "--water-mask",
     is_flag=True,
-    help="Change models: set the change probability to 0 where every date is water "
-    "(NDWI from B03 and B08 > 0), inside the graph (docs/export.md).",
+    help="Sentinel-2 change models: set the change probability to 0 where every date is "
+    "water (B03 > B08 and B11 < 0.05 reflectance), inside the graph (docs/export.md).",
 )
 @train_errors
 def export(checkpoint: str, out: str, **kwargs: Any) -> None:

@@ -309,6 +309,17 @@ def export_onnx(
 # top-of-atmosphere images for water (a third of OSCD's Paris); their SWIR is 6-12 %.
 WATER_MASK_BANDS = ("B03", "B08", "B11")  # green, near infrared, shortwave infrared 1
 WATER_SWIR_MAX = 0.05  # B11 reflectance (Sentinel-2 digital number x 1e-4)
+WATER_RULE = f"B03 > B08 (NDWI > 0) and B11 < {WATER_SWIR_MAX} reflectance"
+
+
+def _water_mask_refusal(contract: ModelContract, source: str | Path) -> str | None:
+    """Why ``contract``'s model cannot take a water mask, or None."""
+    if contract.model_type != "change_detection":
+        return f"{source}: a water mask is for change models, not {contract.model_type}"
+    missing = [b for b in WATER_MASK_BANDS if b not in contract.bands]
+    if missing:
+        return f"{source}: a water mask needs Sentinel-2 bands {', '.join(missing)}"
+    return None
 
 
 def add_water_mask(src: str | Path, dst: str | Path) -> None:
@@ -323,11 +334,9 @@ def add_water_mask(src: str | Path, dst: str | Path) -> None:
     model = onnx.load(str(src))
     meta = read_metadata(model)
     contract = ModelContract.from_metadata(meta, str(src))
-    if contract.model_type != "change_detection":
-        raise ExportError(f"{src}: a water mask is for change models, not {contract.model_type}")
-    missing = [b for b in WATER_MASK_BANDS if b not in contract.bands]
-    if missing:
-        raise ExportError(f"{src}: a water mask needs Sentinel-2 bands {', '.join(missing)}")
+    refusal = _water_mask_refusal(contract, src)
+    if refusal:
+        raise ExportError(refusal)
     if "water_mask" in meta:
         raise ExportError(f"{src}: already has a water mask")
     graph = model.graph
@@ -378,11 +387,7 @@ def add_water_mask(src: str | Path, dst: str | Path) -> None:
     graph.node.extend(nodes)
     graph.initializer.extend(constants)
     meta["water_mask"] = json.dumps(
-        {
-            "water": "B03 > B08 (NDWI > 0) and B11 < 0.05 reflectance",
-            "dates": "all",
-            "effect": "change probability 0",
-        }  # fmt: skip
+        {"water": WATER_RULE, "dates": "all", "effect": "change probability 0"}
     )
     write_metadata(model, meta)
     onnx.checker.check_model(model, full_check=True)
@@ -821,9 +826,9 @@ def export_model(
     network itself with PyTorch."""
     out = Path(out)
     source = load_export_source(checkpoint, embedding, bands, input_scale, tile_size)
-    if water_mask and source.contract.model_type != "change_detection":
-        raise ExportError(f"{checkpoint}: a water mask is for change models, not "
-                          f"{source.contract.model_type}")  # fmt: skip
+    refusal = _water_mask_refusal(source.contract, checkpoint) if water_mask else None
+    if refusal:  # before the export, not after it and the checks
+        raise ExportError(refusal)
     started = time.monotonic()
     export_onnx(source, out, exporter=exporter)
     print_fn(
@@ -872,6 +877,6 @@ def export_model(
             add_water_mask(written, masked)
             masked.replace(written)
         report["water_mask"] = True
-        print_fn("water mask added: change probability 0 where every date is water (NDWI > 0)")
+        print_fn(f"water mask added: change probability 0 where every date is water ({WATER_RULE})")
     out.with_name(out.stem + ".export.json").write_text(json.dumps(report, indent=2))
     return report
