@@ -10,6 +10,7 @@ the table"): each is the bundled model's fine-tuning recipe with one thing chang
         --out ...
     python benchmarks/change_recipe_probes.py weight-ema /path/to/oscd --encoder ... --out ...
     python benchmarks/change_recipe_probes.py fc-siam-diff /path/to/oscd --out ...
+    python benchmarks/change_recipe_probes.py pseudo-labels /path/to/oscd --encoder ... --out ...
 
 - ``change-windows``: half of the training windows are placed to contain a changed pixel (drawn
   uniformly from the scene's changed pixels), the other half uniformly, as usual.
@@ -29,6 +30,12 @@ the table"): each is the bundled model's fine-tuning recipe with one thing chang
   14 M), absolute feature differences as skips, transposed-convolution decoder, dropout 0.2;
   random init (there is no encoder to load). Does a network 10x smaller generalise better from
   7 cities?
+- ``pseudo-labels``: self-training on the 14 unlabelled OSCD cities: the bundled model (the
+  teacher, water mask included) is run through the engine on each of them, and its confident
+  pixels become labels (probability >= 0.9: change, <= 0.1: no change, the rest ignored, as
+  FixMatch-style self-training does); the student trains on the 7 labelled cities plus these 14
+  with the same recipe and the same number of steps (414 windows per epoch, drawn from all 21
+  cities by area). The teacher never saw a validation label; the validation cities stay out.
 
 40 epochs, one CPU thread, resumable (``--resume`` semantics); scores in ``OUT/metrics.json``.
 """
@@ -36,6 +43,8 @@ the table"): each is the bundled model's fine-tuning recipe with one thing chang
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +53,8 @@ from torch import nn
 import swimdiff_geo.train.finetune as finetune
 from swimdiff_geo.data import change
 from swimdiff_geo.models.change import SiameseChangeNet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TRAIN = "beihai,beirut,bercy,cupertino,paris,pisa,rennes".split(",")
 VAL = "bordeaux,mumbai,saclay_e".split(",")
@@ -117,6 +128,64 @@ def with_weight_ema(decay: float = 0.998) -> None:
     finetune.L.Trainer = trainer
 
 
+def with_pseudo_labels(
+    oscd: str, out: Path, teacher: str | None = None, confidence: float = 0.9
+) -> None:
+    """Add the unlabelled OSCD cities, labelled by the confident pixels of ``teacher`` (an ONNX
+    change model; default: the bundled one), to the training split (cached as
+    ``OUT/pseudo_labels/<city>.npy``)."""
+    import tempfile
+
+    import rasterio
+    from cva_otsu_oscd import write_stack
+
+    from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root, list_oscd_cities
+    from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change
+    from swimdiff_geo.inference.defaults import default_model_path
+
+    root = find_oscd_root(oscd)
+    unlabelled = [n for n in list_oscd_cities(root) if n not in list_oscd_cities(root, True)]
+    cache = out / "pseudo_labels"
+    cache.mkdir(parents=True, exist_ok=True)
+    teacher = teacher or default_model_path("change_detection")
+    for name in unlabelled:
+        if (cache / f"{name}.npy").is_file():
+            continue
+        city = OSCDCity(root, name)
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = [Path(tmp) / f"{name}_{d}.tif" for d in (1, 2)]
+            for d, path in zip((1, 2), paths, strict=True):
+                write_stack(city, d, path)
+            outputs = ChangeOutputs.in_dir(str(Path(tmp) / "out"), polygons=False)
+            detect_change(str(paths[0]), str(paths[1]), outputs,
+                          ChangeOptions(model=teacher, device="cpu"))  # fmt: skip
+            with rasterio.open(outputs.probability) as src:
+                probability = src.read(1, masked=True)
+        labels = np.full(probability.shape, change.IGNORE_INDEX, np.uint8)
+        labels[probability.filled(0.5) >= confidence] = 1
+        labels[probability.filled(0.5) <= 1 - confidence] = 0
+        np.save(cache / f"{name}.npy", labels)
+        known = labels != change.IGNORE_INDEX
+        changed = (labels == 1).sum() / max(known.sum(), 1)
+        print(f"pseudo labels {name}: {known.mean():.3f} of the pixels confident, "
+              f"{changed:.4f} of those change", flush=True)  # fmt: skip
+    load = finetune.load_oscd_scenes
+
+    def with_unlabelled(path, names, bands=None):  # noqa: ANN001, ANN202
+        scenes = load(path, names, bands)
+        if list(names) != TRAIN:
+            return scenes
+        for name in unlabelled:
+            city = OSCDCity(root, name)
+            scenes.append(change.ChangeScene(
+                name=f"{name} (pseudo)", image_a=city.read(1), image_b=city.read(2),
+                labels=np.load(cache / f"{name}.npy"), transform=city.transform, crs=city.crs,
+            ))  # fmt: skip
+        return scenes
+
+    finetune.load_oscd_scenes = with_unlabelled
+
+
 def _conv_block(channels: list[int]) -> nn.Sequential:
     """3x3 conv + BN + ReLU + dropout 0.2 for each step of ``channels`` (FC-Siam-diff's unit)."""
     layers: list[nn.Module] = []
@@ -176,13 +245,14 @@ def with_fc_siam_diff() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ideas = ["change-windows", "per-date", "weight-decay", "no-input-difference", "weight-ema",
-             "fc-siam-diff"]  # fmt: skip
+             "fc-siam-diff", "pseudo-labels"]  # fmt: skip
     parser.add_argument("idea", choices=ideas)
     parser.add_argument("oscd", help="the OSCD folder")
     parser.add_argument("--encoder", default=None, help="encoder.pt (default: random init)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--teacher", default=None, help="pseudo-labels: ONNX change model")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.idea == "change-windows":
@@ -197,11 +267,14 @@ def main() -> None:
         if args.encoder:
             parser.error("fc-siam-diff starts from random init: no --encoder")
         with_fc_siam_diff()
+    elif args.idea == "pseudo-labels":
+        with_pseudo_labels(args.oscd, Path(args.out), args.teacher)
     summary = finetune.finetune_change(
         args.oscd, args.out, train_cities=TRAIN, val_cities=VAL, encoder=args.encoder,
         epochs=args.epochs, lr=1e-3, weight_decay=0.05 if args.idea == "weight-decay" else 1e-4,
         batch_size=8, crop_size=96, val_tile=256, normalize="standardize", loss="bce+dice",
         pos_weight="auto", seed=args.seed, resume=True,
+        samples_per_epoch=414 if args.idea == "pseudo-labels" else None,
     )  # fmt: skip
     print(summary["best"], summary["per_scene"])
 
