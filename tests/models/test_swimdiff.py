@@ -205,8 +205,14 @@ def test_two_gloo_processes_match_one_process(tmp_path) -> None:
         torch.testing.assert_close(loss2, loss1, rtol=1e-5, atol=1e-6, msg=f"loss, step {step}")
         assert grads1.keys() == grads2.keys()
         for k in grads1:
-            torch.testing.assert_close(grads2[k], grads1[k], rtol=1e-4, atol=1e-6,
-                                       msg=f"grad {k}, step {step}")  # fmt: skip
+            # Step 0 differs only by summation order (two half batches all-reduced vs one
+            # batch). Step 1 starts from weights that differ by that much, and the contrastive
+            # softmax (temperature 0.07) amplifies it: up to 0.4 % of a tensor's largest
+            # gradient (numpy 2.4 / rasterio 1.4.4 inputs). A DDP fault (gradients not
+            # averaged, or one rank's batch only) is off by 50-100 %.
+            atol = 1e-6 if step == 0 else max(1e-6, 1e-2 * float(grads1[k].abs().max()))
+            torch.testing.assert_close(grads2[k], grads1[k], rtol=1e-4 if step == 0 else 0,
+                                       atol=atol, msg=f"grad {k}, step {step}")  # fmt: skip
     torch.testing.assert_close(ddp["queue_keys"], queue_keys, rtol=1e-5, atol=1e-6)
     assert ddp["queue_ids"].tolist() == queue_ids.tolist()
     # Both processes hold the same global queue.
