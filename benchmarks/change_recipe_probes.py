@@ -137,10 +137,9 @@ def with_pseudo_labels(
     import tempfile
 
     import rasterio
-    from cva_otsu_oscd import write_stack
+    from cva_otsu_oscd import run_detect_change, write_stacks
 
     from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root, list_oscd_cities
-    from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change
     from swimdiff_geo.inference.defaults import default_model_path
 
     root = find_oscd_root(oscd)
@@ -151,14 +150,9 @@ def with_pseudo_labels(
     for name in unlabelled:
         if (cache / f"{name}.npy").is_file():
             continue
-        city = OSCDCity(root, name)
         with tempfile.TemporaryDirectory() as tmp:
-            paths = [Path(tmp) / f"{name}_{d}.tif" for d in (1, 2)]
-            for d, path in zip((1, 2), paths, strict=True):
-                write_stack(city, d, path)
-            outputs = ChangeOutputs.in_dir(str(Path(tmp) / "out"), polygons=False)
-            detect_change(str(paths[0]), str(paths[1]), outputs,
-                          ChangeOptions(model=teacher, device="cpu"))  # fmt: skip
+            a, b = write_stacks(OSCDCity(root, name), Path(tmp))
+            outputs = run_detect_change(a, b, teacher, Path(tmp) / "out")
             with rasterio.open(outputs.probability) as src:
                 probability = src.read(1, masked=True)
         labels = np.full(probability.shape, change.IGNORE_INDEX, np.uint8)

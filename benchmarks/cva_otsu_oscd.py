@@ -72,20 +72,40 @@ def cva_otsu_mask(city: OSCDCity) -> np.ndarray:
     return magnitude > otsu(magnitude.ravel())
 
 
+def write_stacks(city: OSCDCity, folder: Path) -> list[Path]:
+    """Both dates of ``city`` as 13-band GeoTIFFs ``folder/<city>_1.tif`` and ``_2.tif``."""
+    paths = [folder / f"{city.name}_{d}.tif" for d in (1, 2)]
+    for d, path in zip((1, 2), paths, strict=True):
+        write_stack(city, d, path)
+    return paths
+
+
+def run_detect_change(
+    a: Path, b: Path, model: str | Path | None, out_dir: Path, overlap: float | None = None
+) -> ChangeOutputs:
+    """``detect_change`` on the GeoTIFFs ``a`` and ``b`` into ``out_dir`` as ``swimdiff-geo
+    detect-change`` runs it (tiling, blending, nodata and the model's threshold; ``model`` None =
+    the bundled default; ``overlap``: the tiles' overlap in percent, None = the model's)."""
+    outputs = ChangeOutputs.in_dir(str(out_dir), polygons=False)
+    options = ChangeOptions(model=None if model is None else str(model), device="cpu",
+                            overlap=overlap)  # fmt: skip
+    detect_change(str(a), str(b), outputs, options)
+    return outputs
+
+
+def changed_pixels(outputs: ChangeOutputs) -> np.ndarray:
+    """The change mask a run wrote; bool (H, W)."""
+    with rasterio.open(outputs.mask) as m:
+        return m.read(1) == 1
+
+
 def engine_change_mask(
     city: OSCDCity, model: str | Path, tmp: Path, overlap: float | None = None
 ) -> np.ndarray:
     """The change mask ``detect-change`` makes with ``model`` from GeoTIFFs of the city's two
-    dates (tiling, blending, nodata and the model's threshold as in the CLI; ``overlap``: the
-    tiles' overlap in percent, None = the model's); bool (H, W)."""
-    paths = [tmp / f"{city.name}_{d}.tif" for d in (1, 2)]
-    for d, path in zip((1, 2), paths, strict=True):
-        write_stack(city, d, path)
-    outputs = ChangeOutputs.in_dir(str(tmp / city.name), polygons=False)
-    options = ChangeOptions(model=str(model), device="cpu", overlap=overlap)
-    detect_change(str(paths[0]), str(paths[1]), outputs, options)
-    with rasterio.open(outputs.mask) as m:
-        return m.read(1) == 1
+    dates (:func:`run_detect_change`); bool (H, W)."""
+    a, b = write_stacks(city, tmp)
+    return changed_pixels(run_detect_change(a, b, model, tmp / city.name, overlap))
 
 
 def main() -> None:

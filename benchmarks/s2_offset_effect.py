@@ -27,14 +27,16 @@ import numpy as np
 import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cva_otsu_oscd import counts, score_cell, scores, write_stack  # noqa: E402
+from cva_otsu_oscd import (  # noqa: E402
+    changed_pixels,
+    counts,
+    run_detect_change,
+    score_cell,
+    scores,
+    write_stacks,
+)
 
 from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root, list_oscd_cities  # noqa: E402
-from swimdiff_geo.inference.change import (  # noqa: E402
-    ChangeOptions,
-    ChangeOutputs,
-    detect_change,
-)
 
 NEW_BASELINE_OFFSET = 1000
 VARIANTS = {
@@ -84,16 +86,11 @@ def main() -> None:
         for name in cities:
             city = OSCDCity(root, name)
             truth = city.read_labels().astype(bool)
-            stacks = [tmp / f"{name}_{d}.tif" for d in (1, 2)]
-            for d, path in zip((1, 2), stacks, strict=True):
-                write_stack(city, d, path)
+            stacks = write_stacks(city, tmp)
             for variant, (offset_a, offset_b) in VARIANTS.items():
                 a, b = _shifted(stacks[0], offset_a), _shifted(stacks[1], offset_b)
-                run = tmp / f"{name}_{offset_a}_{offset_b}"
-                outputs = ChangeOutputs.in_dir(str(run), polygons=False)
-                detect_change(str(a), str(b), outputs, ChangeOptions(device="cpu"))
-                with rasterio.open(outputs.mask) as m:
-                    results[variant][name] = counts(m.read(1) == 1, truth)
+                outputs = run_detect_change(a, b, None, tmp / f"{name}_{offset_a}_{offset_b}")
+                results[variant][name] = counts(changed_pixels(outputs), truth)
             print(name, "done", flush=True)
     header = " | ".join(cities)
     print(f"| input | {header} | **pooled** |")

@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cva_otsu_oscd import counts, engine_change_mask, score_cell, scores  # noqa: E402
+from cva_otsu_oscd import (  # noqa: E402
+    changed_pixels,
+    counts,
+    run_detect_change,
+    score_cell,
+    scores,
+    write_stacks,
+)
 
 from swimdiff_geo.data.oscd import OSCDCity, find_oscd_root  # noqa: E402
 from swimdiff_geo.export import (  # noqa: E402
@@ -80,10 +87,14 @@ def main() -> None:
                 city = OSCDCity(root, name)
                 truth = city.read_labels().astype(bool)
                 water = water_on_both_dates(city)
-                c = {}
-                for key, path in (("plain", plain), ("masked", masked)):
-                    (tmp / f"{k}_{key}").mkdir(exist_ok=True)
-                    c[key] = counts(engine_change_mask(city, path, tmp / f"{k}_{key}"), truth)
+                a, b = write_stacks(city, tmp)  # once for both models
+                c = {
+                    key: counts(
+                        changed_pixels(run_detect_change(a, b, path, tmp / f"{k}_{key}_{name}")),
+                        truth,
+                    )
+                    for key, path in (("plain", plain), ("masked", masked))
+                }
                 for key in pooled:
                     pooled[key] += c[key]
                     per_run[key] += c[key]
