@@ -372,15 +372,15 @@ def add_water_mask(src: str | Path, dst: str | Path) -> None:
 
     swir_max = constant("water_mask_swir_max", WATER_SWIR_MAX * 1e4 * contract.input_scale,
                         np.float32)  # fmt: skip
-    every_date = ""
+    water = []  # per date, bool (N, 1, H, W)
     for date in range(contract.num_dates):
         green, nir, swir = (band_value(date, band) for band in WATER_MASK_BANDS)
-        water = node("And", [node("Greater", [green, nir], f"water_mask_d{date}_ndwi"),
-                             node("Less", [swir, swir_max], f"water_mask_d{date}_dark_swir")],
-                     f"water_mask_d{date}_water")  # fmt: skip
-        every_date = (
-            node("And", [every_date, water], f"water_mask_to_d{date}") if every_date else water
-        )
+        water.append(node("And", [node("Greater", [green, nir], f"water_mask_d{date}_ndwi"),
+                                  node("Less", [swir, swir_max], f"water_mask_d{date}_dark_swir")],
+                          f"water_mask_d{date}_water"))  # fmt: skip
+    every_date = water[0]
+    for date in range(1, contract.num_dates):
+        every_date = node("And", [every_date, water[date]], f"water_mask_to_d{date}")
     keep = node("Cast", [node("Not", [every_date], "water_mask_land")], "water_mask_keep",
                 to=onnx.TensorProto.FLOAT)  # fmt: skip
     node("Mul", [unmasked, keep], probability)

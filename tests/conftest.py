@@ -76,8 +76,6 @@ def s2_water_pair() -> tuple[Path, Path]:
 
 def write_s2_product(folder: Path, image: Path, **kwargs) -> Path:
     """A Sentinel-2 SAFE product (tests/sentinel2_safe.py) of a 13-band 10 m GeoTIFF."""
-    import rasterio
-
     with rasterio.open(image) as ds:
         stack, transform, crs = ds.read(), ds.transform.to_gdal(), ds.crs.to_wkt()
     return write_safe(folder, stack, transform, crs, write_jp2_rasterio, **kwargs)
@@ -135,7 +133,6 @@ LANDCOVER_CLASSES = ["water", "vegetation", "bare"]
 
 @pytest.fixture(scope="session")
 def landsat_segmentation_model(models_dir) -> Path:
-
     path = models_dir / "landsat_segmentation.onnx"
     contract = segmentation_contract(LANDSAT_BANDS, LANDCOVER_CLASSES, input_scale=1 / 255)
     return Path(pointwise_segmentation_model(str(path), contract, np.array(LANDCOVER_WEIGHTS)))
