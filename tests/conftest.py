@@ -74,6 +74,14 @@ def s2_water_pair() -> tuple[Path, Path]:
     return folder / "s2_water_a.tif", folder / "s2_water_b.tif"
 
 
+@pytest.fixture(scope="session")
+def s2_cirrus_pair() -> tuple[Path, Path]:
+    """A real 48 px Sentinel-2 L1C pair (uint16 DN, Saclay) whose second date lies under thin
+    cirrus (B10 median 50 DN against 19)."""
+    folder = SAMPLE_DATA / "s2_cirrus_saclay"
+    return folder / "s2_cirrus_a.tif", folder / "s2_cirrus_b.tif"
+
+
 def write_s2_product(folder: Path, image: Path, **kwargs) -> Path:
     """A Sentinel-2 SAFE product (tests/sentinel2_safe.py) of a 13-band 10 m GeoTIFF."""
     with rasterio.open(image) as ds:

@@ -9,6 +9,8 @@ Writes small, redistributable crops (see sample_data/README.md for sources and l
 - naip_nd/: two NAIP crops (2015, 2020) that keep their own, ~1 px different, grids;
 - s2_water_rio/: a 48 px Sentinel-2 L1C pair from Rio de Janeiro (an OSCD test city) with
   water on both dates, water on one date only and land, for the change model's water mask;
+- s2_cirrus_saclay/: a 48 px Sentinel-2 L1C pair from Saclay (OSCD's unlabelled saclay_w) whose
+  second date lies under thin cirrus, for the engine's cirrus warning;
 - s2_slovenia/: eo-learn's 13-band Sentinel-2 L1C scene 3 (a date the bundled land-cover model
   was not trained on) as uint16 DN, with its land-use label raster (MIT / Copernicus / RABA).
 """
@@ -99,6 +101,17 @@ def make_s2_water(shared: Path) -> None:
         write(OUT / "s2_water_rio" / name, data, profile, list(SENTINEL2_L1C.bands))
 
 
+# Thin cirrus over Paris on 2017-08-29 (the second date of OSCD's saclay_w, saclay_e and bercy):
+# B10 about 30 DN above the first date everywhere in the scene, for the engine's cirrus warning.
+CIRRUS_CITY, CIRRUS_WINDOW = "saclay_w", Window(96, 96, 48, 48)
+
+
+def make_s2_cirrus(shared: Path) -> None:
+    for date, name in ((1, "s2_cirrus_a.tif"), (2, "s2_cirrus_b.tif")):
+        data, profile = oscd_stack(shared / OSCD_IMAGES / CIRRUS_CITY, date, CIRRUS_WINDOW)
+        write(OUT / "s2_cirrus_saclay" / name, data, profile, list(SENTINEL2_L1C.bands))
+
+
 def crop(src_path: Path, dst_path: Path, bounds: tuple[float, float, float, float] | None,
          names: list[str]) -> None:  # fmt: skip
     with rasterio.open(src_path) as src:
@@ -148,6 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     make_s2(args.shared_data)
     make_s2_water(args.shared_data)
+    make_s2_cirrus(args.shared_data)
     make_landsat(args.shared_data)
     make_naip(args.shared_data)
     make_slovenia(args.shared_data)

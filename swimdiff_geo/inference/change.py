@@ -13,6 +13,7 @@ from .engine import DateInput, StackedReader, run_sliding_window
 from .errors import InputError
 from .inputs import (
     align_pair,
+    cirrus_difference_warning,
     extent_window,
     input_warnings,
     open_input,
@@ -122,6 +123,9 @@ def detect_change(
         for source, bands in ((a, bands_a), (b, bands_b)):
             for warning in input_warnings(source, bands, contract):
                 ctx.log(warning)
+        warning = cirrus_difference_warning(a, bands_a, b, bands_b, contract)
+        if warning:
+            ctx.log(warning)
         grid, a, a_offset, b_on_grid = align_pair(ctx.backend, a, b, ctx.log)
         if b_on_grid is not b:
             sources.append(b_on_grid)

@@ -231,6 +231,53 @@ def new_baseline_warning(
     )
 
 
+# Thin cirrus on one date raises Sentinel-2 B10 (1375 nm) by tens of digital numbers: OSCD's
+# Paris scene of 2017-08-29 (saclay_e, saclay_w, bercy) lies 29-39 DN (0.003-0.004 reflectance)
+# above its first date, while the other 21 OSCD pairs differ by at most 8 DN
+# (benchmarks/atmospheric_bands_probe.py). The bundled change model finds almost no change
+# under it (saclay_e: recall 0.03), having learnt from bercy that a B10 shift means weather.
+CIRRUS_B10_DIFFERENCE = 0.0015  # reflectance (15 DN): between 8 DN and 29 DN
+
+
+def cirrus_difference_warning(
+    a: RasterSource,
+    bands_a: Sequence[int],
+    b: RasterSource,
+    bands_b: Sequence[int],
+    contract: ModelContract,
+) -> str | None:
+    """A warning when the B10 (cirrus) medians of a change model's two dates differ by at least
+    :data:`CIRRUS_B10_DIFFERENCE` reflectance (thin cirrus over one date), for models that take
+    B10; ``bands_a``/``bands_b`` are the 1-based band indices :func:`select_bands` chose. A
+    date whose B10 looks offset by a new processing baseline (:func:`new_baseline_warning`) is
+    not taken for cirrus."""
+    keys = [normalize_band_name(band) for band in contract.bands]
+    if "B10" not in keys:
+        return None
+    k = keys.index("B10")
+    medians = []
+    for source, bands in ((a, bands_a), (b, bands_b)):
+        pixels = sample_pixels(source, [bands[k]])
+        if pixels.shape[1] < 100:
+            return None
+        medians.append(float(np.median(pixels)) * contract.input_scale)
+    if abs(medians[1] - medians[0]) < CIRRUS_B10_DIFFERENCE:
+        return None
+    if max(medians) >= NEW_BASELINE_B10_MEDIAN * contract.input_scale:
+        return None  # a new product's +1000 offset, not cirrus: new_baseline_warning says so
+    hazy, clear = (1, 0) if medians[1] > medians[0] else (0, 1)
+    scale = contract.input_scale
+    return (
+        f"warning: {(a, b)[hazy].path}: thin cirrus over this date? Its B10 (cirrus band) "
+        f"median is {medians[hazy] / scale:,.4g} against {medians[clear] / scale:,.4g} on the "
+        f"other date ({medians[hazy]:.4f} against {medians[clear]:.4f} reflectance), where clear "
+        f"pairs differ by less than {CIRRUS_B10_DIFFERENCE:g}. Expect change under the cirrus "
+        "to be missed (the bundled change model's recall on such a pair: 0.03, docs/models.md); "
+        "choose a clearer date, or give the product with --mask-clouds where its cloud mask "
+        "flags the cirrus"
+    )
+
+
 def input_warnings(
     source: RasterSource, bands: Sequence[int], contract: ModelContract
 ) -> list[str]:
