@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "detect-change": ("detect_change", "detect_change", "Map change between two dates of imagery."),
     "map-landcover": ("map_landcover", "map_landcover", "Map land cover in one image."),
     "info": ("info", "info", "Describe an ONNX model or a raster."),
+    "stack": ("stack", "stack", "Write a Sentinel-2 product's bands as one GeoTIFF."),
     "batch": ("batch", "batch", "Run many change / land-cover jobs from a manifest."),
     "pretrain": ("pretrain", "pretrain", "SwiMDiff self-supervised pretraining (train extra)."),
     "finetune": ("finetune", "finetune", "Train change / land-cover heads (train extra)."),

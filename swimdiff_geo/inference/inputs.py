@@ -10,6 +10,7 @@ import numpy as np
 
 from ..bands import normalize_band_name
 from .band_files import (
+    BandFiles,
     BandStackSource,
     find_band_files,
     open_band_stack,
@@ -23,15 +24,20 @@ Log = Callable[[str], None]
 
 
 def open_input(
-    backend: RasterBackend, path: str, log: Log | None = None, mask_clouds: bool = False
+    backend: RasterBackend,
+    path: str,
+    log: Log | None = None,
+    mask_clouds: bool = False,
+    files: BandFiles | None = None,
 ) -> RasterSource:
     """Open an input: a raster file, or the band files of a Sentinel-2 product or of a folder
     (:mod:`.band_files`), stacked on the finest band's grid; ``log`` hears what was stacked.
 
     ``mask_clouds``: pixels the product's cloud mask flags are invalid; an input without a
-    cloud mask is read as it is, with a warning.
+    cloud mask is read as it is, with a warning. ``files``: ``path``'s band files when the
+    caller has found them already.
     """
-    files = find_band_files(path)
+    files = files or find_band_files(path)
     if files is None:
         if mask_clouds and log is not None:
             log(f"warning: {path}: {NO_CLOUD_MASK}")

@@ -96,3 +96,34 @@ def test_engine_on_gdal_matches_the_cli_on_products(products, main_cli, tmp_path
     assert summary["pixels"] == cli_summary["pixels"]
     clouds = np.kron(S2_CLOUD_MASK[0] | S2_CLOUD_MASK[1], np.ones((6, 6), np.uint8)) == 1
     np.testing.assert_array_equal(probability == -1, clouds)
+
+
+def test_stackbands_on_a_band_file_layer_writes_what_the_cli_writes(
+    products, provider, main_cli, tmp_path
+):
+    """Stack Sentinel-2 bands, given a layer of one band file (what dragging a product's JPEG
+    2000 into QGIS gives), stacks the whole new-baseline product on GDAL as `swimdiff-geo
+    stack` does on rasterio: 13 named uint16 bands, offset removed, clouds masked."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    cli_out = tmp_path / "cli.tif"
+    result = main_cli("stack", str(products["b_new"]), str(cli_out), "-q", "--mask-clouds")
+    assert result.returncode == 0, result.stderr
+    band_file = next(products["b_new"].glob("GRANULE/*/IMG_DATA/*_B04.jp2"))
+    out = tmp_path / "qgis.tif"
+    results = processing.run(
+        "swimdiffgeo:stackbands",
+        {"INPUT": str(band_file), "MASK_CLOUDS": True, "OUTPUT": str(out)},
+        context=QgsProcessingContext(),
+        feedback=QgsProcessingFeedback(),
+    )
+    assert results["OUTPUT"] == str(out)
+    assert json.loads(results["SUMMARY"])["processing_baseline"] == "05.09"
+    ds, expected = gdal.Open(str(out)), gdal.Open(str(cli_out))
+    assert ds.RasterCount == 13 and ds.GetRasterBand(1).DataType == gdal.GDT_UInt16
+    assert [ds.GetRasterBand(i).GetDescription() for i in range(1, 14)] == list(BANDS)
+    stacked, reference = ds.ReadAsArray().astype(int), expected.ReadAsArray().astype(int)
+    assert np.abs(stacked - reference).max() <= 1 and np.mean(stacked != reference) < 1e-4
+    clouds = np.kron(S2_CLOUD_MASK[0] | S2_CLOUD_MASK[1], np.ones((6, 6), np.uint8)) == 1
+    assert (stacked[:, clouds] == 0).all() and (stacked[:, ~clouds] > 0).all()

@@ -53,7 +53,7 @@ def test_init_processing_registers_the_provider_and_unload_removes_it(qgis_proce
         provider = registry.providerById("swimdiffgeo")
         assert provider is not None
         assert sorted(a.name() for a in provider.algorithms()) == [
-            "detectchange", "maplandcover", "modelinfo"
+            "detectchange", "maplandcover", "modelinfo", "stackbands"
         ]  # fmt: skip
     finally:
         plugin.unload()
@@ -222,7 +222,8 @@ def test_zip_plugin_in_a_bare_qgis_python(tmp_path):
     vendor = tmp_path / "plugins" / "swimdiff_geo_qgis" / "vendor" / "swimdiff_geo"
     assert Path(report["engine"]).parent == vendor
     assert report["algorithms"] == [
-        "swimdiffgeo:detectchange", "swimdiffgeo:maplandcover", "swimdiffgeo:modelinfo"
+        "swimdiffgeo:detectchange", "swimdiffgeo:maplandcover", "swimdiffgeo:modelinfo",
+        "swimdiffgeo:stackbands",
     ]  # fmt: skip
     assert report["can_execute"] is False
     assert "-m pip install --user --break-system-packages onnxruntime numpy==" in report["message"]

@@ -3,7 +3,14 @@
 from .detect_change import DetectChangeAlgorithm
 from .map_landcover import MapLandcoverAlgorithm
 from .model_info import ModelInfoAlgorithm
+from .stack_bands import StackBandsAlgorithm
 
-ALGORITHMS = (DetectChangeAlgorithm, MapLandcoverAlgorithm, ModelInfoAlgorithm)
+ALGORITHMS = (DetectChangeAlgorithm, MapLandcoverAlgorithm, ModelInfoAlgorithm, StackBandsAlgorithm)
 
-__all__ = ["ALGORITHMS", "DetectChangeAlgorithm", "MapLandcoverAlgorithm", "ModelInfoAlgorithm"]
+__all__ = [
+    "ALGORITHMS",
+    "DetectChangeAlgorithm",
+    "MapLandcoverAlgorithm",
+    "ModelInfoAlgorithm",
+    "StackBandsAlgorithm",
+]
