@@ -116,6 +116,46 @@ def landcover_qml(class_names: dict[str, str], class_colors: dict[str, str]) -> 
     return _PALETTED_QML.format(entries="\n".join(entries))
 
 
+_MULTIBAND_QML = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22.0" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer opacity="1" type="multibandcolor" nodataColor="" alphaBand="-1" redBand="{red}" greenBand="{green}" blueBand="{blue}">
+      <rasterTransparency/>
+      <minMaxOrigin>
+        <limits>None</limits>
+        <extent>WholeRaster</extent>
+        <statAccuracy>Estimated</statAccuracy>
+        <cumulativeCutLower>0.02</cumulativeCutLower>
+        <cumulativeCutUpper>0.98</cumulativeCutUpper>
+        <stdDevFactor>2</stdDevFactor>
+      </minMaxOrigin>
+{enhancements}
+    </rasterrenderer>
+    <brightnesscontrast contrast="0" gamma="1" brightness="0"/>
+    <huesaturation colorizeOn="0" saturation="0" grayscaleMode="0" colorizeRed="255" colorizeGreen="128" colorizeBlue="128" invertColors="0" colorizeStrength="100"/>
+    <rasterresampler maxOversampling="2"/>
+    <resamplingStage>resamplingFilter</resamplingStage>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+
+
+def rgb_qml(bands: tuple[int, int, int], ranges: list[tuple[float, float]]) -> str:
+    """A multiband-colour QML: ``bands`` (1-based red, green, blue) each stretched linearly
+    from its ``ranges`` entry's minimum to its maximum (e.g. the 2nd and 98th percentiles)."""
+    enhancements = "\n".join(
+        f"      <{colour}ContrastEnhancement>\n"
+        f"        <minValue>{low:g}</minValue>\n"
+        f"        <maxValue>{high:g}</maxValue>\n"
+        "        <algorithm>StretchToMinimumMaximum</algorithm>\n"
+        f"      </{colour}ContrastEnhancement>"
+        for colour, (low, high) in zip(("red", "green", "blue"), ranges, strict=True)
+    )
+    red, green, blue = bands
+    return _MULTIBAND_QML.format(red=red, green=green, blue=blue, enhancements=enhancements)
+
+
 def sidecar_path(raster_path: str) -> str:
     """Where QGIS looks for a file's default style: ``name.tif`` -> ``name.qml``."""
     return os.path.splitext(raster_path)[0] + ".qml"

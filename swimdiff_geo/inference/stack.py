@@ -23,13 +23,15 @@ from ..bands import normalize_band_name
 from .band_files import find_band_files, product_of_band_file
 from .defaults import default_backend
 from .errors import CancelledError, InputError
-from .inputs import extent_window, open_input
+from .inputs import extent_window, open_input, sample_pixels
 from .io import RasterBackend, RasterSource, RasterSpec, Window
-from .jobs import Cancelled, Log, Progress, write_json
+from .jobs import Cancelled, Log, Progress, write_json, write_text
 from .outputs import OutputTransaction
+from .qml import rgb_qml, sidecar_path
 
 BLOCK = 1024  # px: a 13-band float32 block is 54 MB, whatever the size of the product
 UINT16_NODATA = 0  # Sentinel-2's NODATA digital number
+TRUE_COLOUR = ("B04", "B03", "B02")  # red, green, blue
 
 
 @dataclass
@@ -63,6 +65,24 @@ def _chosen_bands(source: RasterSource, wanted: Sequence[str] | None) -> list[st
     if twice:
         raise ValueError(f"bands named twice: {', '.join(twice)}")
     return names
+
+
+def true_colour_style(
+    source: RasterSource, names: Sequence[str], indices: Sequence[int]
+) -> str | None:
+    """A QGIS style showing B04 / B03 / B02 as red / green / blue, each stretched from its 2nd
+    to its 98th percentile (of a sample of ``source``'s valid pixels), when the stack holds all
+    three; else None."""
+    if not all(b in names for b in TRUE_COLOUR):
+        return None
+    pixels = sample_pixels(source, [indices[names.index(b)] for b in TRUE_COLOUR])
+    if pixels.shape[1] < 100:
+        return None
+    low, high = np.percentile(pixels, [2, 98], axis=1)
+    return rgb_qml(
+        tuple(names.index(b) + 1 for b in TRUE_COLOUR),
+        [(float(a), float(max(b, a + 1))) for a, b in zip(low, high, strict=True)],
+    )
 
 
 def stack_bands(
@@ -133,7 +153,12 @@ def stack_bands(
             for r in range(0, grid.height, BLOCK)
             for c in range(0, grid.width, BLOCK)
         ]
-        paths = [out] + ([options.summary] if options.summary else [])
+        style = true_colour_style(source, names, indices)
+        paths = (
+            [out]
+            + ([sidecar_path(out)] if style else [])
+            + ([options.summary] if options.summary else [])
+        )
         with OutputTransaction(paths, overwrite=options.overwrite) as tx:
             scratch = tx.scratch(os.path.basename(out) + ".tiled.tif")
             sink = backend.create(scratch, spec)
@@ -181,11 +206,14 @@ def stack_bands(
                 "height": grid.height,
                 "crs": backend.crs_name(grid.crs_wkt),
                 "pixels_raised_to_1": raised,
+                "style": os.path.abspath(sidecar_path(out)) if style else None,
                 "messages": messages,
                 "runtime_s": round(time.perf_counter() - started, 2),
             }
             if options.summary:
                 write_json(tx.temp(options.summary), summary)
+            if style:  # QGIS opens the stack in true colour
+                write_text(tx.temp(sidecar_path(out)), style)
             tx.commit()
         return summary
     finally:

@@ -6,6 +6,7 @@ The products are the real sample pair in the download layout (tests/sentinel2_sa
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,14 @@ def test_new_product_stacks_to_what_the_engine_reads_offset_removed(s2_products,
         np.testing.assert_array_equal(stacked[name], np.rint(engine).astype(np.uint16))
         assert summary["bands"] == list(BANDS) and summary["pixels_raised_to_1"] == 0
     assert tags.get("processing_baseline") == "02.04" and "radiometric_offsets_added" not in tags
+    # QGIS opens it in true colour: B04 / B03 / B02 stretched over their 2-98 % range
+    style = (tmp_path / "b_old.qml").read_text()
+    assert 'redBand="4" greenBand="3" blueBand="2"' in style
+    low, high = np.percentile(stacked["b_old"][3], [2, 98])
+    red = re.search(r"<redContrastEnhancement>\s*<minValue>([\d.]+)</minValue>\s*"
+                    r"<maxValue>([\d.]+)</maxValue>", style)  # fmt: skip
+    assert abs(float(red[1]) - low) < 0.1 * (high - low)
+    assert abs(float(red[2]) - high) < 0.1 * (high - low)
     new_summary = stack_bands(str(s2_products["b_zip"]), str(tmp_path / "again.tif"))
     assert new_summary["processing_baseline"] == "05.09"
     assert new_summary["radiometric_offsets_added"] == dict.fromkeys(BANDS, -1000.0)
@@ -181,6 +190,7 @@ def test_cli_stack(s2_products, s2_pair, tmp_path):
     assert summary["output"] == str(out.resolve()) and summary["bands"] == ["B08", "B04", "B03"]
     with rasterio.open(out) as ds:
         assert ds.descriptions == ("B08", "B04", "B03")
+    assert not (tmp_path / "b.qml").exists() and summary["style"] is None  # no B02: no RGB
 
     result = runner.invoke(cli, ["stack", str(s2_pair[0]), str(tmp_path / "no.tif")])
     assert result.exit_code == 1

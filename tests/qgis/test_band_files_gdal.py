@@ -105,7 +105,12 @@ def test_stackbands_on_a_band_file_layer_writes_what_the_cli_writes(
     2000 into QGIS gives), stacks the whole new-baseline product on GDAL as `swimdiff-geo
     stack` does on rasterio: 13 named uint16 bands, offset removed, clouds masked."""
     import processing
-    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+    from qgis.core import (
+        QgsMultiBandColorRenderer,
+        QgsProcessingContext,
+        QgsProcessingFeedback,
+        QgsRasterLayer,
+    )
 
     cli_out = tmp_path / "cli.tif"
     result = main_cli("stack", str(products["b_new"]), str(cli_out), "-q", "--mask-clouds")
@@ -127,3 +132,7 @@ def test_stackbands_on_a_band_file_layer_writes_what_the_cli_writes(
     assert np.abs(stacked - reference).max() <= 1 and np.mean(stacked != reference) < 1e-4
     clouds = np.kron(S2_CLOUD_MASK[0] | S2_CLOUD_MASK[1], np.ones((6, 6), np.uint8)) == 1
     assert (stacked[:, clouds] == 0).all() and (stacked[:, ~clouds] > 0).all()
+    layer = QgsRasterLayer(str(out), "stack")  # opens in true colour, from the .qml beside it
+    assert isinstance(layer.renderer(), QgsMultiBandColorRenderer)
+    renderer = layer.renderer()
+    assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (4, 3, 2)

@@ -15,6 +15,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from .. import styles
 from .base import SwimdiffAlgorithm
 
 
@@ -92,6 +93,8 @@ class StackBandsAlgorithm(SwimdiffAlgorithm):
             out=out,
             options=options,
         )
+        if summary["style"]:  # the engine wrote a true-colour style next to the stack
+            styles.style_on_load(context, out, summary["style"])
         feedback.pushInfo(
             f"{len(summary['bands'])} bands ({', '.join(summary['bands'])}), "
             f"{summary['width']}x{summary['height']} px, {summary['dtype']}"
