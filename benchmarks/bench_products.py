@@ -6,7 +6,8 @@ written three ways, each date:
 - a 13-band GeoTIFF on the 10 m grid (tiled, DEFLATE), what the engine read before products;
 - a SAFE product: one lossless JPEG 2000 per band at its native 10, 20 or 60 m (the layout of
   tests/sentinel2_safe.py), date B of processing baseline 05.09 (+1000, offset in the metadata);
-- that product zipped (stored, as Copernicus Data Space serves it), read in place.
+- that product zipped (stored, as Copernicus Data Space serves it), read in place;
+- the products written back as GeoTIFFs by ``stack_bands`` (``swimdiff-geo stack``), timed.
 
 For each: the time to read every band of both dates in the engine's 256-row strips (decoding,
 the bilinear resampling of the coarse bands, the offset), and the time of a whole
@@ -35,6 +36,7 @@ from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_c
 from swimdiff_geo.inference.inputs import open_input  # noqa: E402
 from swimdiff_geo.inference.io import Window  # noqa: E402
 from swimdiff_geo.inference.io_rasterio import RasterioBackend  # noqa: E402
+from swimdiff_geo.inference.stack import stack_bands  # noqa: E402
 from tests.sentinel2_safe import write_jp2_rasterio, write_safe, zip_product  # noqa: E402
 
 MARKER = "bench_products"
@@ -89,10 +91,17 @@ def main() -> None:
             _product(stacks[1], tmp / "b", date="20180205", baseline="05.09"),
         )
         print(f"products written in {time.perf_counter() - t0:.0f} s", flush=True)
+        t0 = time.perf_counter()
+        restacked = tuple(tmp / f"restacked_{d}.tif" for d in ("a", "b"))
+        for product, out in zip(products, restacked, strict=True):
+            stack_bands(str(product), str(out))
+        stack_wall = time.perf_counter() - t0
+        print(f"swimdiff-geo stack of both products: {stack_wall:.1f} s", flush=True)
         inputs = {
             "13-band GeoTIFF (10 m grid)": stacks,
             "SAFE folders (JPEG 2000 per band)": products,
             "SAFE ZIPs (read in place)": (products[0], zip_product(products[1])),
+            "the SAFE folders stacked by `swimdiff-geo stack` (COG)": restacked,
         }
         rows = []
         for name, paths in inputs.items():
@@ -107,7 +116,8 @@ def main() -> None:
         f"Measured with `python benchmarks/bench_products.py --size {args.size}` on "
         f"{platform.machine()}, the sample pair mirrored to {args.size} x {args.size} px; "
         "bundled change model, onnxruntime CPU. Read = every band of both dates in 256-row "
-        "strips; date B of the products is of processing baseline 05.09 (offset removed).",
+        "strips; date B of the products is of processing baseline 05.09 (offset removed). "
+        f"`swimdiff-geo stack` of both SAFE folders took {stack_wall:.1f} s.",
         "",
         "| input | grid | read (s) | read vs GeoTIFF | detect-change (s) | vs GeoTIFF |",
         "|---|---|---|---|---|---|",

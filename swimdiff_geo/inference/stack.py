@@ -24,7 +24,7 @@ from .band_files import find_band_files, product_of_band_file
 from .defaults import default_backend
 from .errors import CancelledError, InputError
 from .inputs import extent_window, open_input, sample_pixels
-from .io import RasterBackend, RasterSource, RasterSpec, Window
+from .io import RasterBackend, RasterSink, RasterSource, RasterSpec, Window
 from .jobs import Cancelled, Log, Progress, write_json, write_text
 from .outputs import OutputTransaction
 from .qml import rgb_qml, sidecar_path
@@ -83,6 +83,43 @@ def true_colour_style(
         tuple(names.index(b) + 1 for b in TRUE_COLOUR),
         [(float(a), float(max(b, a + 1))) for a, b in zip(low, high, strict=True)],
     )
+
+
+def _copy_blocks(
+    source: RasterSource,
+    indices: Sequence[int],
+    offset: Window,
+    sink: RasterSink,
+    spec: RasterSpec,
+    progress: Progress | None,
+    is_cancelled: Cancelled | None,
+) -> int:
+    """Copy bands ``indices`` of ``source`` from ``offset`` on into ``sink`` block by block,
+    invalid pixels as ``spec.nodata``; uint16 (digital numbers) rounded, and valid values
+    below 1 raised to 1. Returns how many were raised."""
+    grid = spec.grid
+    blocks = [
+        Window(c, r, min(BLOCK, grid.width - c), min(BLOCK, grid.height - r))
+        for r in range(0, grid.height, BLOCK)
+        for c in range(0, grid.width, BLOCK)
+    ]
+    raised = 0
+    for k, block in enumerate(blocks):
+        if is_cancelled is not None and is_cancelled():
+            raise CancelledError("cancelled by the user; nothing written")
+        at = Window(block.col_off + offset.col_off, block.row_off + offset.row_off,
+                    block.width, block.height)  # fmt: skip
+        data, valid = source.read(at, indices)
+        if spec.dtype == "uint16":
+            values = np.rint(data)
+            raised += int(np.count_nonzero((values < 1) & valid))
+            data = np.where(valid, np.clip(values, 1, 65535), spec.nodata)
+        else:
+            data = np.where(valid, data, spec.nodata)
+        sink.write(data.astype(spec.dtype), block)
+        if progress is not None:
+            progress((k + 1) / len(blocks))
+    return raised
 
 
 def stack_bands(
@@ -147,12 +184,6 @@ def stack_bands(
         if offsets:
             tags["radiometric_offsets_added"] = json.dumps(offsets)
         spec = RasterSpec(grid, len(names), dtype, nodata, names, tags=tags)
-        raised = 0
-        blocks = [
-            Window(c, r, min(BLOCK, grid.width - c), min(BLOCK, grid.height - r))
-            for r in range(0, grid.height, BLOCK)
-            for c in range(0, grid.width, BLOCK)
-        ]
         style = true_colour_style(source, names, indices)
         paths = (
             [out]
@@ -163,25 +194,7 @@ def stack_bands(
             scratch = tx.scratch(os.path.basename(out) + ".tiled.tif")
             sink = backend.create(scratch, spec)
             try:
-                for k, block in enumerate(blocks):
-                    if is_cancelled is not None and is_cancelled():
-                        raise CancelledError("cancelled by the user; nothing written")
-                    read_at = Window(
-                        block.col_off + offset.col_off,
-                        block.row_off + offset.row_off,
-                        block.width,
-                        block.height,
-                    )
-                    data, valid = source.read(read_at, indices)
-                    if as_dn:
-                        values = np.rint(data)
-                        raised += int(np.count_nonzero((values < 1) & valid))
-                        data = np.where(valid, np.clip(values, 1, 65535), UINT16_NODATA)
-                    else:
-                        data = np.where(valid, data, nodata)
-                    sink.write(data.astype(dtype), block)
-                    if progress is not None:
-                        progress((k + 1) / len(blocks))
+                raised = _copy_blocks(source, indices, offset, sink, spec, progress, is_cancelled)
             finally:
                 sink.close()
             backend.to_cog(scratch, tx.temp(out), spec)
