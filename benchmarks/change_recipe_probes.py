@@ -11,6 +11,7 @@ the table"): each is the bundled model's fine-tuning recipe with one thing chang
     python benchmarks/change_recipe_probes.py weight-ema /path/to/oscd --encoder ... --out ...
     python benchmarks/change_recipe_probes.py fc-siam-diff /path/to/oscd --out ...
     python benchmarks/change_recipe_probes.py pseudo-labels /path/to/oscd --encoder ... --out ...
+    python benchmarks/change_recipe_probes.py cirrus-shifts /path/to/oscd --encoder ... --out ...
 
 - ``change-windows``: half of the training windows are placed to contain a changed pixel (drawn
   uniformly from the scene's changed pixels), the other half uniformly, as usual.
@@ -30,6 +31,10 @@ the table"): each is the bundled model's fine-tuning recipe with one thing chang
   14 M), absolute feature differences as skips, transposed-convolution decoder, dropout 0.2;
   random init (there is no encoder to load). Does a network 10x smaller generalise better from
   7 cities?
+- ``cirrus-shifts``: half of the training windows get one date's B10 (cirrus band) raised by up
+  to 8 standard deviations, as thin cirrus over one date raises it (OSCD's Paris scene of
+  2017-08-29, second date of bercy and saclay_e: +5 to +7), so the network cannot learn a B10
+  difference as "no change" (docs/results.md, "The atmospheric bands").
 - ``pseudo-labels``: self-training on the 14 unlabelled OSCD cities: the bundled model (the
   teacher, water mask included) is run through the engine on each of them, and its confident
   pixels become labels (probability >= 0.9: change, <= 0.1: no change, the rest ignored, as
@@ -103,6 +108,25 @@ def half_the_windows_on_change() -> None:
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
     change.RandomChangeWindows.__getitem__ = on_change
+
+
+def with_cirrus_shifts(max_shift: float = 8.0, probability: float = 0.5) -> None:
+    """With ``probability``, one date of a training window (either, at random) gets its B10
+    raised by a constant ``U(0, max_shift)`` standard deviations of the training B10, as thin
+    cirrus over that date does (OSCD's Paris scene of 2017-08-29: +5 to +7), so that a B10
+    difference between the dates is no longer a cue for "no change"."""
+    plain = change.RandomChangeWindows.__getitem__
+
+    def with_cirrus(self, index):  # noqa: ANN001, ANN202
+        x, y = plain(self, index)
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        if rng.random() < probability:
+            c = x.shape[0] // 2
+            b10 = change.OSCD_BANDS.index("B10") + c * int(rng.integers(2))
+            x[b10] += float(rng.uniform(0, max_shift))
+        return x, y
+
+    change.RandomChangeWindows.__getitem__ = with_cirrus
 
 
 def without_input_difference() -> None:
@@ -239,7 +263,7 @@ def with_fc_siam_diff() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ideas = ["change-windows", "per-date", "weight-decay", "no-input-difference", "weight-ema",
-             "fc-siam-diff", "pseudo-labels"]  # fmt: skip
+             "fc-siam-diff", "pseudo-labels", "cirrus-shifts"]  # fmt: skip
     parser.add_argument("idea", choices=ideas)
     parser.add_argument("oscd", help="the OSCD folder")
     parser.add_argument("--encoder", default=None, help="encoder.pt (default: random init)")
@@ -253,6 +277,8 @@ def main() -> None:
         half_the_windows_on_change()
     elif args.idea == "per-date":
         standardise_each_date()
+    elif args.idea == "cirrus-shifts":
+        with_cirrus_shifts()
     elif args.idea == "no-input-difference":
         without_input_difference()
     elif args.idea == "weight-ema":
