@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 from bench_engine import mirrored_raster  # noqa: E402
+from doc_markers import replace_between  # noqa: E402
 
 from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change  # noqa: E402
 from swimdiff_geo.inference.inputs import open_input  # noqa: E402
@@ -112,7 +113,6 @@ def main() -> None:
             print(name, f"read {read:.1f} s, detect-change {wall:.1f} s", flush=True)
     base_read, base_wall = rows[0][1], rows[0][2]
     lines = [
-        f"<!-- {MARKER} -->",
         f"Measured with `python benchmarks/bench_products.py --size {args.size}` on "
         f"{platform.machine()}, the sample pair mirrored to {args.size} x {args.size} px; "
         "bundled change model, onnxruntime CPU. Read = every band of both dates in 256-row "
@@ -125,15 +125,10 @@ def main() -> None:
     for name, read, wall, grid in rows:
         lines.append(f"| {name} | {grid} | {read:.1f} | {read / base_read:.2f}x | {wall:.1f} | "
                      f"{wall / base_wall:.2f}x |")  # fmt: skip
-    lines.append(f"<!-- /{MARKER} -->")
     table = "\n".join(lines)
     print(table)
     if args.out:
-        text = args.out.read_text()
-        start, end = text.find(f"<!-- {MARKER} -->"), text.find(f"<!-- /{MARKER} -->")
-        if start < 0 or end < 0:
-            raise SystemExit(f"{args.out}: no <!-- {MARKER} --> ... <!-- /{MARKER} --> markers")
-        args.out.write_text(text[:start] + table + text[end + len(f"<!-- /{MARKER} -->") :])
+        replace_between(args.out, f"<!-- {MARKER} -->", f"<!-- /{MARKER} -->", table)
 
 
 if __name__ == "__main__":

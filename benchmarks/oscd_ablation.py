@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from change_checkpoint_probes import validation_counts  # noqa: E402
 from cva_otsu_oscd import counts, cva_otsu_mask, score_cell, scores  # noqa: E402
+from doc_markers import replace_between  # noqa: E402
 
 TRAIN_CITIES = "beihai,beirut,bercy,cupertino,paris,pisa,rennes"
 VAL_CITIES = "bordeaux,mumbai,saclay_e"
@@ -305,14 +306,12 @@ def seed_summary_rows(
 
 def write_doc(path: Path, name: str, rows: list[str]) -> None:
     """Put the table between the ``<!-- table: NAME -->`` and ``<!-- /table -->`` markers of
-    ``path`` (NAME = the --runs folder's name; the prose around it is kept)."""
+    ``path`` (NAME = the --runs folder's name; the prose around it is kept); a file that does
+    not exist yet is created with just the markers."""
     begin, end = f"<!-- table: {name} -->", "<!-- /table -->"
-    text = path.read_text() if path.exists() else f"# Results\n\n{begin}\n{end}\n"
-    if begin not in text:
-        raise SystemExit(f"{path}: no {begin} ... {end} markers to put the table between")
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    path.write_text(head + begin + "\n" + "\n".join(rows) + "\n" + end + tail)
+    if not path.exists():
+        path.write_text(f"# Results\n\n{begin}\n{end}\n")
+    replace_between(path, begin, end, "\n".join(rows))
 
 
 def main() -> None:
