@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 from xml.sax.saxutils import quoteattr
 
-CHANGE_MASK_QML = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+# The pieces of QGIS's raster style XML that the styles below share.
+_QML_HEAD = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22.0" styleCategories="Symbology">
   <pipe>
-    <provider>
+"""
+_NEAREST_RESAMPLING = """    <provider>
       <resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>
     </provider>
-    <rasterrenderer opacity="1" type="paletted" nodataColor="" alphaBand="-1" band="1">
-      <rasterTransparency/>
+"""  # pixels drawn as they are, never interpolated on screen
+_MIN_MAX_ORIGIN = """      <rasterTransparency/>
       <minMaxOrigin>
         <limits>None</limits>
         <extent>WholeRaster</extent>
@@ -26,11 +28,8 @@ CHANGE_MASK_QML = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
         <cumulativeCutUpper>0.98</cumulativeCutUpper>
         <stdDevFactor>2</stdDevFactor>
       </minMaxOrigin>
-      <colorPalette>
-        <paletteEntry color="#000000" value="0" alpha="0" label="no change"/>
-        <paletteEntry color="#e61e1e" value="1" alpha="255" label="change"/>
-      </colorPalette>
-    </rasterrenderer>
+"""
+_QML_TAIL = """    </rasterrenderer>
     <brightnesscontrast contrast="0" gamma="1" brightness="0"/>
     <huesaturation colorizeOn="0" saturation="0" grayscaleMode="0" colorizeRed="255" colorizeGreen="128" colorizeBlue="128" invertColors="0" colorizeStrength="100"/>
     <rasterresampler maxOversampling="2"/>
@@ -40,23 +39,27 @@ CHANGE_MASK_QML = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 </qgis>
 """
 
-CHANGE_PROBABILITY_QML = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22.0" styleCategories="Symbology">
-  <pipe>
-    <provider>
-      <resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>
-    </provider>
-    <rasterrenderer opacity="1" type="singlebandpseudocolor" nodataColor="" alphaBand="-1" classificationMin="0" classificationMax="1" band="1">
-      <rasterTransparency/>
-      <minMaxOrigin>
-        <limits>None</limits>
-        <extent>WholeRaster</extent>
-        <statAccuracy>Estimated</statAccuracy>
-        <cumulativeCutLower>0.02</cumulativeCutLower>
-        <cumulativeCutUpper>0.98</cumulativeCutUpper>
-        <stdDevFactor>2</stdDevFactor>
-      </minMaxOrigin>
-      <rastershader>
+CHANGE_MASK_QML = (
+    _QML_HEAD
+    + _NEAREST_RESAMPLING
+    + """    <rasterrenderer opacity="1" type="paletted" nodataColor="" alphaBand="-1" band="1">
+"""
+    + _MIN_MAX_ORIGIN
+    + """      <colorPalette>
+        <paletteEntry color="#000000" value="0" alpha="0" label="no change"/>
+        <paletteEntry color="#e61e1e" value="1" alpha="255" label="change"/>
+      </colorPalette>
+"""
+    + _QML_TAIL
+)
+
+CHANGE_PROBABILITY_QML = (
+    _QML_HEAD
+    + _NEAREST_RESAMPLING
+    + """    <rasterrenderer opacity="1" type="singlebandpseudocolor" nodataColor="" alphaBand="-1" classificationMin="0" classificationMax="1" band="1">
+"""
+    + _MIN_MAX_ORIGIN
+    + """      <rastershader>
         <colorrampshader clip="0" labelPrecision="2" classificationMode="1" maximumValue="1" colorRampType="INTERPOLATED" minimumValue="0">
           <item color="#000004" value="0" alpha="255" label="0.00 (no change)"/>
           <item color="#3b0f70" value="0.2" alpha="255" label="0.20"/>
@@ -66,15 +69,9 @@ CHANGE_PROBABILITY_QML = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SY
           <item color="#fcfdbf" value="1" alpha="255" label="1.00 (change)"/>
         </colorrampshader>
       </rastershader>
-    </rasterrenderer>
-    <brightnesscontrast contrast="0" gamma="1" brightness="0"/>
-    <huesaturation colorizeOn="0" saturation="0" grayscaleMode="0" colorizeRed="255" colorizeGreen="128" colorizeBlue="128" invertColors="0" colorizeStrength="100"/>
-    <rasterresampler maxOversampling="2"/>
-    <resamplingStage>resamplingFilter</resamplingStage>
-  </pipe>
-  <blendMode>0</blendMode>
-</qgis>
 """
+    + _QML_TAIL
+)
 
 # Used for classes the model gives no colour for (the "tab10" palette).
 FALLBACK_COLORS = (
@@ -116,29 +113,15 @@ def landcover_qml(class_names: dict[str, str], class_colors: dict[str, str]) -> 
     return _PALETTED_QML.format(entries="\n".join(entries))
 
 
-_MULTIBAND_QML = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22.0" styleCategories="Symbology">
-  <pipe>
-    <rasterrenderer opacity="1" type="multibandcolor" nodataColor="" alphaBand="-1" redBand="{red}" greenBand="{green}" blueBand="{blue}">
-      <rasterTransparency/>
-      <minMaxOrigin>
-        <limits>None</limits>
-        <extent>WholeRaster</extent>
-        <statAccuracy>Estimated</statAccuracy>
-        <cumulativeCutLower>0.02</cumulativeCutLower>
-        <cumulativeCutUpper>0.98</cumulativeCutUpper>
-        <stdDevFactor>2</stdDevFactor>
-      </minMaxOrigin>
-{enhancements}
-    </rasterrenderer>
-    <brightnesscontrast contrast="0" gamma="1" brightness="0"/>
-    <huesaturation colorizeOn="0" saturation="0" grayscaleMode="0" colorizeRed="255" colorizeGreen="128" colorizeBlue="128" invertColors="0" colorizeStrength="100"/>
-    <rasterresampler maxOversampling="2"/>
-    <resamplingStage>resamplingFilter</resamplingStage>
-  </pipe>
-  <blendMode>0</blendMode>
-</qgis>
+_MULTIBAND_QML = (
+    _QML_HEAD
+    + """    <rasterrenderer opacity="1" type="multibandcolor" nodataColor="" alphaBand="-1" redBand="{red}" greenBand="{green}" blueBand="{blue}">
 """
+    + _MIN_MAX_ORIGIN
+    + """{enhancements}
+"""
+    + _QML_TAIL
+)
 
 
 def rgb_qml(bands: tuple[int, int, int], ranges: list[tuple[float, float]]) -> str:
