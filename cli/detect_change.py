@@ -73,8 +73,7 @@ def detect_change(
         threads=threads,
         overwrite=overwrite,
     )
-    bar = ProgressBar("detect-change", quiet)
-    try:
+    with ProgressBar("detect-change", quiet) as bar:
         summary = run(
             image_a,
             image_b,
@@ -83,8 +82,6 @@ def detect_change(
             progress=bar,
             log=echo_log(quiet, bar),
         )
-    finally:
-        bar.close()
     if not quiet:
         area = summary["changed_area_ha"]
         area_text = f"{area:,.2f} ha, " if area is not None else ""

@@ -66,12 +66,9 @@ def map_landcover(
         min_area=min_area, bands=bands, extent=extent, extent_crs=extent_crs,
         mask_clouds=mask_clouds, device=device, threads=threads, overwrite=overwrite,
     )  # fmt: skip
-    bar = ProgressBar("map-landcover", quiet)
-    try:
+    with ProgressBar("map-landcover", quiet) as bar:
         outputs = LandcoverOutputs.in_dir(out_dir, polygons=polygons, probabilities=probabilities)
         summary = run(image, outputs, options, progress=bar, log=echo_log(quiet, bar))
-    finally:
-        bar.close()
     if not quiet:
         for row in summary["classes"]:
             area = f"{row['area_ha']:,.2f} ha" if row["area_ha"] is not None else ""

@@ -173,7 +173,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class ProgressBar:
-    """A tqdm bar driven by fractions in [0, 1]; silent when ``quiet``."""
+    """A tqdm bar driven by fractions in [0, 1]; silent when ``quiet``. A context manager that
+    closes the bar on the way out."""
 
     def __init__(self, description: str, quiet: bool) -> None:
         self._bar = None
@@ -207,6 +208,12 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # also when the job fails, so its message is not drawn over the bar
 
 
 def echo_log(quiet: bool, bar: ProgressBar) -> Callable[[str], None]:

@@ -82,11 +82,8 @@ def stack(
         overwrite=overwrite,
         summary=summary,
     )
-    bar = ProgressBar("stack", quiet)
-    try:
+    with ProgressBar("stack", quiet) as bar:
         facts = stack_bands(product, out, options, progress=bar, log=echo_log(quiet, bar))
-    finally:
-        bar.close()
     if not quiet:
         click.echo(
             f"{len(facts['bands'])} bands ({', '.join(facts['bands'])}), "
