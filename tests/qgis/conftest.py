@@ -41,7 +41,7 @@ def sample_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     opens as layers, which must not land in the repository."""
     _require(SAMPLE_DATA, "sample data folder")
     target = tmp_path_factory.mktemp("sample_data")
-    for folder in ("s2_pair", "landsat_pucallpa", "naip_nd"):
+    for folder in ("s2_pair", "landsat_pucallpa", "naip_nd", "s2_cirrus_saclay"):
         shutil.copytree(SAMPLE_DATA / folder, target / folder)
     return target
 
@@ -53,6 +53,16 @@ def s2_pair(sample_copy: Path) -> tuple[str, str]:
     return (
         str(_require(folder / "s2_date_a.tif", "sample image")),
         str(_require(folder / "s2_date_b.tif", "sample image")),
+    )
+
+
+@pytest.fixture(scope="session")
+def s2_cirrus_pair(sample_copy: Path) -> tuple[str, str]:
+    """The 48 px Sentinel-2 L1C pair from Saclay whose second date lies under thin cirrus."""
+    folder = sample_copy / "s2_cirrus_saclay"
+    return (
+        str(_require(folder / "s2_cirrus_a.tif", "sample image")),
+        str(_require(folder / "s2_cirrus_b.tif", "sample image")),
     )
 
 

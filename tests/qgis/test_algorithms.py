@@ -669,3 +669,24 @@ def test_inputs_in_the_wrong_units_are_a_warning_naming_the_file(provider, tmp_p
     (warning,) = [w for w in feedback.warnings if "pixel values look" in w]
     assert warning.startswith(f"warning: {a}: pixel values look ") and "x smaller" in warning
     assert Path(result["OUTPUT_MASK"]).is_file()
+
+
+def test_thin_cirrus_over_one_date_is_a_warning_naming_the_file(provider, tmp_path, s2_cirrus_pair):
+    """Saclay's hazy second date: the GDAL backend's B10 samples give the CLI's cirrus warning,
+    highlighted in the log, with the CLI's --mask-clouds named as the MASK_CLOUDS parameter."""
+    feedback = _RecordingFeedback()
+    result = _run(
+        "detectchange",
+        {
+            "INPUT_A": s2_cirrus_pair[0],
+            "INPUT_B": s2_cirrus_pair[1],
+            "OUTPUT_PROBABILITY": str(tmp_path / "out" / "p.tif"),
+            "OUTPUT_MASK": str(tmp_path / "out" / "m.tif"),
+        },
+        feedback,
+    )
+    (warning,) = [w for w in feedback.warnings if "thin cirrus" in w]
+    assert warning.startswith(f"warning: {s2_cirrus_pair[1]}: thin cirrus over this date?")
+    assert "median is 50 against 19" in warning and "MASK_CLOUDS" in warning
+    assert "--" not in warning
+    assert Path(result["OUTPUT_MASK"]).is_file()
