@@ -158,6 +158,12 @@ def peak_rss_mb(
         cmd += ["--min-area", str(min_area_m2)]
     if not polygons:
         cmd.append("--no-polygons")
+    return command_peak_rss_mb(cmd)
+
+
+def command_peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
+    """Peak RSS (MB) and wall time of the process ``cmd``, run from a fresh Python whose only
+    child it is (so the peak is that command's own)."""
     code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
             f"subprocess.run({cmd!r}, check=True); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "

@@ -7,7 +7,8 @@ written three ways, each date:
 - a SAFE product: one lossless JPEG 2000 per band at its native 10, 20 or 60 m (the layout of
   tests/sentinel2_safe.py), date B of processing baseline 05.09 (+1000, offset in the metadata);
 - that product zipped (stored, as Copernicus Data Space serves it), read in place;
-- the products written back as GeoTIFFs by ``stack_bands`` (``swimdiff-geo stack``), timed.
+- the products written back as GeoTIFFs by ``stack_bands`` (``swimdiff-geo stack``), timed;
+  and the peak RSS of a ``swimdiff-geo stack`` process at ``--memory-sizes`` (it must be flat).
 
 For each: the time to read every band of both dates in the engine's 256-row strips (decoding,
 the bilinear resampling of the coarse bands, the offset), and the time of a whole
@@ -30,7 +31,7 @@ import rasterio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
-from bench_engine import mirrored_raster  # noqa: E402
+from bench_engine import command_peak_rss_mb, mirrored_raster  # noqa: E402
 from doc_markers import replace_between  # noqa: E402
 
 from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change  # noqa: E402
@@ -79,6 +80,10 @@ def main() -> None:
     parser.add_argument("--pair", type=Path, default=REPO / "sample_data" / "s2_pair")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="e.g. docs/inputs.md")
+    parser.add_argument(
+        "--memory-sizes", type=int, nargs="*", default=[1024, 4096],
+        help="sizes (px) at which the peak RSS of a `swimdiff-geo stack` process is measured",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp_name:
         tmp = Path(tmp_name)
@@ -111,6 +116,15 @@ def main() -> None:
             grid = summary["engine"]["grid"]
             rows.append((name, read, wall, f"{grid['width']} x {grid['height']}"))
             print(name, f"read {read:.1f} s, detect-change {wall:.1f} s", flush=True)
+        memory = []
+        for size in args.memory_sizes:
+            stack = mirrored_raster(args.pair / "s2_date_b.tif", tmp / f"mem_{size}.tif", size)
+            product = _product(stack, tmp / f"mem_{size}", date="20180205", baseline="05.09")
+            cmd = [sys.executable, "-m", "swimdiff_geo.cli.main", "stack", str(product),
+                   str(tmp / f"mem_{size}_stack.tif"), "--quiet"]  # fmt: skip
+            rss, wall = command_peak_rss_mb(cmd)
+            memory.append((size, rss, wall))
+            print(f"stack at {size} px: peak RSS {rss:.0f} MB, {wall:.1f} s", flush=True)
     base_read, base_wall = rows[0][1], rows[0][2]
     lines = [
         f"Measured with `python benchmarks/bench_products.py --size {args.size}` on "
@@ -125,6 +139,16 @@ def main() -> None:
     for name, read, wall, grid in rows:
         lines.append(f"| {name} | {grid} | {read:.1f} | {read / base_read:.2f}x | {wall:.1f} | "
                      f"{wall / base_wall:.2f}x |")  # fmt: skip
+    if memory:
+        lines += [
+            "",
+            "Peak RSS of a whole `swimdiff-geo stack` process on one new-baseline product "
+            "(13 bands, JPEG 2000) mirrored to each size:",
+            "",
+            "| product | peak RSS (MB) | wall (s) |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {size} x {size} px | {rss:.0f} | {wall:.1f} |" for size, rss, wall in memory]
     table = "\n".join(lines)
     print(table)
     if args.out:
