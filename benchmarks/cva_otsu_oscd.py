@@ -55,7 +55,6 @@ def write_stack(city: OSCDCity, date: int, path: Path) -> None:
                "compress": "deflate"}  # fmt: skip
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
-        dst.descriptions = OSCDCity.bands  # so a model of fewer bands finds its own by name
         for i, band in enumerate(city.bands, start=1):
             dst.set_band_description(i, band)
 
