@@ -210,6 +210,17 @@ def sample_pixels(source: RasterSource, bands: Sequence[int], samples: int = 3) 
 NEW_BASELINE_B10_MEDIAN = 800.0
 
 
+def b10_median(source: RasterSource, bands: Sequence[int], contract: ModelContract) -> float | None:
+    """The median raw value of ``source``'s B10 (cirrus band) over :func:`sample_pixels`' windows,
+    ``bands`` being the band indices :func:`select_bands` chose; None when the model takes no
+    B10 or fewer than 100 valid pixels were sampled."""
+    keys = [normalize_band_name(b) for b in contract.bands]
+    if "B10" not in keys:
+        return None
+    pixels = sample_pixels(source, [bands[keys.index("B10")]])
+    return float(np.median(pixels)) if pixels.shape[1] >= 100 else None
+
+
 def new_baseline_warning(
     source: RasterSource, bands: Sequence[int], contract: ModelContract
 ) -> str | None:
@@ -219,14 +230,8 @@ def new_baseline_warning(
     (:mod:`.band_files`) have the offset removed and are not checked."""
     if isinstance(source, BandStackSource):
         return None
-    keys = [normalize_band_name(b) for b in contract.bands]
-    if "B10" not in keys:
-        return None
-    pixels = sample_pixels(source, [bands[keys.index("B10")]])
-    if pixels.shape[1] < 100:
-        return None
-    median = float(np.median(pixels))
-    if median < NEW_BASELINE_B10_MEDIAN:
+    median = b10_median(source, bands, contract)
+    if median is None or median < NEW_BASELINE_B10_MEDIAN:
         return None
     return (
         f"warning: {source.path}: its B10 (cirrus) median is {median:,.0f}, where Sentinel-2 "
@@ -257,16 +262,10 @@ def cirrus_difference_warning(
     B10; ``bands_a``/``bands_b`` are the 1-based band indices :func:`select_bands` chose. A
     date whose B10 looks offset by a new processing baseline (:func:`new_baseline_warning`) is
     not taken for cirrus."""
-    keys = [normalize_band_name(band) for band in contract.bands]
-    if "B10" not in keys:
+    raw = [b10_median(a, bands_a, contract), b10_median(b, bands_b, contract)]
+    if None in raw:
         return None
-    k = keys.index("B10")
-    medians = []
-    for source, bands in ((a, bands_a), (b, bands_b)):
-        pixels = sample_pixels(source, [bands[k]])
-        if pixels.shape[1] < 100:
-            return None
-        medians.append(float(np.median(pixels)) * contract.input_scale)
+    medians = [value * contract.input_scale for value in raw]
     if abs(medians[1] - medians[0]) < CIRRUS_B10_DIFFERENCE:
         return None
     if max(medians) >= NEW_BASELINE_B10_MEDIAN * contract.input_scale:
