@@ -95,21 +95,16 @@ def make_s2(shared: Path) -> None:
 WATER_CITY, WATER_WINDOW = "rio", Window(240, 232, 48, 48)
 
 
-def make_s2_water(shared: Path) -> None:
-    for date, name in ((1, "s2_water_a.tif"), (2, "s2_water_b.tif")):
-        data, profile = oscd_stack(shared / OSCD_IMAGES / WATER_CITY, date, WATER_WINDOW)
-        write(OUT / "s2_water_rio" / name, data, profile, list(SENTINEL2_L1C.bands))
+def make_s2_crop(shared: Path, city: str, window: Window, folder: str, stem: str) -> None:
+    """Both dates of an OSCD city's ``window`` as ``folder/<stem>_a.tif`` and ``_b.tif``."""
+    for date, suffix in ((1, "a"), (2, "b")):
+        data, profile = oscd_stack(shared / OSCD_IMAGES / city, date, window)
+        write(OUT / folder / f"{stem}_{suffix}.tif", data, profile, list(SENTINEL2_L1C.bands))
 
 
 # Thin cirrus over Paris on 2017-08-29 (the second date of OSCD's saclay_w, saclay_e and bercy):
 # B10 about 30 DN above the first date everywhere in the scene, for the engine's cirrus warning.
 CIRRUS_CITY, CIRRUS_WINDOW = "saclay_w", Window(96, 96, 48, 48)
-
-
-def make_s2_cirrus(shared: Path) -> None:
-    for date, name in ((1, "s2_cirrus_a.tif"), (2, "s2_cirrus_b.tif")):
-        data, profile = oscd_stack(shared / OSCD_IMAGES / CIRRUS_CITY, date, CIRRUS_WINDOW)
-        write(OUT / "s2_cirrus_saclay" / name, data, profile, list(SENTINEL2_L1C.bands))
 
 
 def crop(src_path: Path, dst_path: Path, bounds: tuple[float, float, float, float] | None,
@@ -160,8 +155,8 @@ def main() -> None:
     parser.add_argument("shared_data", type=Path, help="the folder holding oscd/, naip_.../ ...")
     args = parser.parse_args()
     make_s2(args.shared_data)
-    make_s2_water(args.shared_data)
-    make_s2_cirrus(args.shared_data)
+    make_s2_crop(args.shared_data, WATER_CITY, WATER_WINDOW, "s2_water_rio", "s2_water")
+    make_s2_crop(args.shared_data, CIRRUS_CITY, CIRRUS_WINDOW, "s2_cirrus_saclay", "s2_cirrus")
     make_landsat(args.shared_data)
     make_naip(args.shared_data)
     make_slovenia(args.shared_data)
