@@ -22,6 +22,7 @@ bundled ``s2_change_swimdiff``. Labels are read from the dataset folder, never c
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -58,13 +59,15 @@ def standardised_band_means(city: OSCDCity, contract, date: int) -> np.ndarray:
     )
 
 
-def swap_bands(a: Path, b: Path, bands: list[str]) -> None:
-    """Overwrite ``bands`` (names) of the stack ``b`` with those of ``a``, in place."""
+def with_bands_of(a: Path, b: Path, bands: list[str], out: Path) -> Path:
+    """A copy ``out`` of the stack ``b`` whose ``bands`` (names) are those of ``a``."""
+    shutil.copyfile(b, out)
     idx = [OSCD_BANDS.index(name) + 1 for name in bands]
     with rasterio.open(a) as src:
         data = src.read(idx)
-    with rasterio.open(b, "r+") as dst:
+    with rasterio.open(out, "r+") as dst:
         dst.write(data, idx)
+    return out
 
 
 def main() -> None:
@@ -102,10 +105,11 @@ def main() -> None:
             city = OSCDCity(root, name)
             truth = city.read_labels().astype(bool)
             cells = []
+            a, plain_b = write_stacks(city, tmp)  # read and resampled once for every variant
             for k, variant in enumerate(variants):
-                a, b = write_stacks(city, tmp)
+                b = plain_b
                 if k:
-                    swap_bands(a, b, swaps[k - 1])
+                    b = with_bands_of(a, plain_b, swaps[k - 1], tmp / f"{name}_2_swap{k}.tif")
                 c = counts(
                     changed_pixels(run_detect_change(a, b, model, tmp / f"{name}_{k}")), truth
                 )
