@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from swimdiff_geo.inference.inputs import open_input
+from swimdiff_geo.inference.io import Window
+from swimdiff_geo.inference.io_rasterio import RasterioBackend
 from tests.model_builders import (
     change_contract,
     pointwise_change_model,
@@ -80,6 +83,18 @@ def s2_cirrus_pair() -> tuple[Path, Path]:
     cirrus (B10 median 50 DN against 19)."""
     folder = SAMPLE_DATA / "s2_cirrus_saclay"
     return folder / "s2_cirrus_a.tif", folder / "s2_cirrus_b.tif"
+
+
+def read_all_bands(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
+    """What the engine reads from ``path`` (a raster, a product, a folder of band files): every
+    one of its 13 bands, float32 ``(13, H, W)``, the valid mask and the (closed) source."""
+    source = open_input(RasterioBackend(), str(path))
+    try:
+        grid = source.grid
+        data, valid = source.read(Window(0, 0, grid.width, grid.height), range(1, 14))
+        return data, valid, source
+    finally:
+        source.close()
 
 
 def write_s2_product(folder: Path, image: Path, **kwargs) -> Path:

@@ -25,7 +25,7 @@ from swimdiff_geo.inference.errors import InputError
 from swimdiff_geo.inference.inputs import open_input
 from swimdiff_geo.inference.io import Window
 from swimdiff_geo.inference.io_rasterio import RasterioBackend
-from tests.conftest import write_s2_product
+from tests.conftest import read_all_bands, write_s2_product
 from tests.sentinel2_safe import BANDS, RESOLUTION_M, S2_CLOUD_MASK
 
 
@@ -34,18 +34,8 @@ def _stack(path: Path) -> tuple[np.ndarray, tuple[float, ...], str]:
         return ds.read(), ds.transform.to_gdal(), ds.crs.to_wkt()
 
 
-def _read_all(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
-    source = open_input(RasterioBackend(), str(path))
-    try:
-        grid = source.grid
-        data, valid = source.read(Window(0, 0, grid.width, grid.height), range(1, 14))
-        return data, valid, source
-    finally:
-        source.close()
-
-
 def test_safe_product_reads_13_named_bands_on_the_10m_grid(s2_products, s2_pair):
-    data, valid, source = _read_all(s2_products["a"])
+    data, valid, source = read_all_bands(s2_products["a"])
     stack, transform, _ = _stack(s2_pair[0])
     assert source.band_descriptions == BANDS
     assert (source.grid.width, source.grid.height) == (198, 198)  # 200 px cut to a multiple of 6
@@ -61,9 +51,9 @@ def test_safe_product_reads_13_named_bands_on_the_10m_grid(s2_products, s2_pair)
 
 
 def test_new_baseline_offset_is_removed_so_old_and_new_products_read_alike(s2_products):
-    old, _, _ = _read_all(s2_products["b_old"])
-    new, _, source = _read_all(s2_products["b_new"])
-    zipped, _, zipped_source = _read_all(s2_products["b_zip"])
+    old, _, _ = read_all_bands(s2_products["b_old"])
+    new, _, source = read_all_bands(s2_products["b_new"])
+    zipped, _, zipped_source = read_all_bands(s2_products["b_zip"])
     # equal to the digital number: the bilinear warp of the 20 m and 60 m files rounds to
     # integers, (x + 1000) rounds like x but for a few ties
     assert np.abs(new - old).max() <= 1 and np.mean(new != old) < 1e-4
@@ -95,7 +85,7 @@ def test_detect_change_on_products_equals_the_run_on_stacked_old_products(s2_pro
     assert summary["inputs"]["image_b"] == str(s2_products["b_zip"])
 
     # the same new product stacked by hand (what a user without the reader would do)
-    data, _, source = _read_all(s2_products["b_old"])
+    data, _, source = read_all_bands(s2_products["b_old"])
     stacked = tmp_path / "b_new_stacked.tif"
     profile = dict(driver="GTiff", width=198, height=198, count=13, dtype="uint16",
                    crs=CRS.from_wkt(source.grid.crs_wkt),
@@ -133,7 +123,7 @@ def test_nodata_of_the_product_is_nodata_in_the_outputs(s2_products, tmp_path):
         lowest[jp2.stem[-3:]] = data[:, data.shape[1] // 3 :].min()
         with rasterio.open(jp2, "w", **profile | {"QUALITY": 100, "REVERSIBLE": "YES"}) as dst:
             dst.write(data, 1)
-    data, valid, _ = _read_all(edge)
+    data, valid, _ = read_all_bands(edge)
     assert not valid[:, :66].any() and valid[:, 66:].all()
     for i, band in enumerate(BANDS):  # no zero blended into a valid pixel across the edge
         assert data[i][valid].min() >= lowest[band] - 1, band
@@ -154,7 +144,7 @@ def test_nodata_of_the_product_is_nodata_in_the_outputs(s2_products, tmp_path):
 def test_folder_of_band_files_and_granule_folder(s2_products, tmp_path):
     """OSCD's layout (a folder of ..._B01.tif files) and one granule of a SAFE read as the
     product does; a granule without its product warns that no offset could be removed."""
-    reference, _, _ = _read_all(s2_products["a"])
+    reference, _, _ = read_all_bands(s2_products["a"])
     folder = tmp_path / "imgs_1"
     folder.mkdir()
     for jp2 in s2_products["a"].rglob("IMG_DATA/*.jp2"):
@@ -164,12 +154,12 @@ def test_folder_of_band_files_and_granule_folder(s2_products, tmp_path):
             with rasterio.open(folder / f"S2A_OPER_MSI_L1C_{jp2.stem}.tif", "w", **profile) as dst:
                 dst.write(ds.read())
     (folder / "dates.txt").write_text("not a raster\n")
-    from_folder, _, source = _read_all(folder)
+    from_folder, _, source = read_all_bands(folder)
     assert source.band_descriptions == BANDS
     # a granule inside its product: the product's metadata (the offset) found two levels up
     granule = next((s2_products["b_new"] / "GRANULE").iterdir())
-    from_granule, _, _ = _read_all(granule)
-    assert np.array_equal(from_granule, _read_all(s2_products["b_new"])[0])
+    from_granule, _, _ = read_all_bands(granule)
+    assert np.array_equal(from_granule, read_all_bands(s2_products["b_new"])[0])
     # a granule on its own: read as it is, with a warning that no offset could be removed
     alone = tmp_path / granule.name
     shutil.copytree(granule, alone)
