@@ -124,6 +124,17 @@ def s2_products(s2_pair, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def s2_band_folder(s2_products, tmp_path_factory) -> Path:
+    """Date A's 13 band files (JPEG 2000, 10/20/60 m) in one plain folder, as OSCD's ``imgs_1``
+    holds them: no product around them."""
+    folder = tmp_path_factory.mktemp("band_folder") / "imgs_1"
+    folder.mkdir()
+    for jp2 in s2_products["a"].rglob("IMG_DATA/*.jp2"):
+        shutil.copy(jp2, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def naip_pair() -> tuple[Path, Path]:
     """Two real NAIP crops whose grids differ by about a pixel."""
     folder = SAMPLE_DATA / "naip_nd"

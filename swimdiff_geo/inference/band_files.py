@@ -47,6 +47,7 @@ PRODUCT_METADATA = ("MTD_MSIL1C.xml", "MTD_MSIL2A.xml")
 CLOUD_MASK_FILE = "MSK_CLASSI_B00.jp2"
 CLOUD_MASK_BANDS = (1, 2)  # opaque clouds, cirrus: what changes top-of-atmosphere reflectance
 RASTER_EXTENSIONS = ("jp2", "tif", "tiff")
+BAND_FOLDER = "folder of band files"  # BandFiles.kind of a folder that is no product
 # "..._B01.jp2", "B8A.tif", L2A's "..._B02_10m.jp2" (group 1: band, group 2: resolution in m)
 BAND_FILE = re.compile(
     r"(?:^|[_\-.])(B(?:0?[1-9]|1[0-2]|8A))(?:_(\d+)m)?\.(?:" + "|".join(RASTER_EXTENSIONS) + r")$",
@@ -314,7 +315,7 @@ def find_band_files(path: str) -> BandFiles | None:
             "is a folder without band files: give a raster file, a Sentinel-2 product (SAFE "
             "folder or ZIP), or a folder of single-band rasters named ..._B01.tif, ..._B8A.jp2",
         )
-    return BandFiles(path, "folder of band files", files)
+    return BandFiles(path, BAND_FOLDER, files)
 
 
 def product_of_band_file(path: str) -> str | None:
@@ -326,6 +327,28 @@ def product_of_band_file(path: str) -> str | None:
     root = "/".join(parts[: parts.index("GRANULE")])
     archive = re.match(r"/vsizip/(.+?\.zip)(?:/|$)", root, re.I)
     return archive.group(1) if archive else root
+
+
+def folder_of_band_file(path: str) -> str | None:
+    """The folder of band files (OSCD's ``imgs_1``: ``..._B01.tif`` ... ``..._B12.tif``) that
+    band file ``path`` lies in, else None: for a file whose name names no band, for one in a
+    product (:func:`product_of_band_file` says which), and for the only band file of its
+    folder."""
+    if (
+        path.startswith("/vsi")
+        or not os.path.isfile(path)
+        or not BAND_FILE.search(os.path.basename(path))
+        or product_of_band_file(path) is not None
+    ):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        files = find_band_files(folder)
+    except InputError:  # e.g. two files for one band: not a folder that stands for one image
+        return None
+    if files is None or files.kind != BAND_FOLDER or len(files.files) < 2:
+        return None
+    return folder
 
 
 class BandStackSource:

@@ -13,6 +13,7 @@ from .band_files import (
     BandFiles,
     BandStackSource,
     find_band_files,
+    folder_of_band_file,
     open_band_stack,
     product_of_band_file,
 )
@@ -122,6 +123,14 @@ def select_bands(
             f"is one band file of the Sentinel-2 product {product}; the model takes "
             f"{len(want)} bands ({', '.join(want)}): give the product itself (its folder or "
             "ZIP, docs/inputs.md), which is read with all its bands",
+        )
+    folder = folder_of_band_file(source.path)
+    if folder is not None:
+        raise InputError(
+            source.path,
+            f"is one of the band files in {folder}; the model takes {len(want)} bands "
+            f"({', '.join(want)}): give the folder, which is read with all its band files, or "
+            "their stack (`swimdiff-geo stack`; in QGIS: Stack Sentinel-2 bands)",
         )
     raise InputError(
         source.path,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..bands import normalize_band_name
-from .band_files import find_band_files, product_of_band_file
+from .band_files import find_band_files, folder_of_band_file, product_of_band_file
 from .defaults import default_backend
 from .errors import CancelledError, InputError
 from .inputs import extent_window, open_input, sample_pixels
@@ -151,15 +151,19 @@ def stack_bands(
             log(message)
 
     files = find_band_files(path)
-    product = None if files is not None else product_of_band_file(path)
-    if product is not None:  # a band file (a layer QGIS opened from a product): its product
-        say(f"info: {path} is one band file of {product}: stacking the product")
-        path, files = product, find_band_files(product)
+    if files is None:  # a band file (a layer QGIS opened from one) stands for its product/folder
+        product = product_of_band_file(path)
+        whole = product or folder_of_band_file(path)
+        if whole is not None:
+            what = "the product" if product else "every band file of the folder"
+            say(f"info: {path} is one band file of {whole}: stacking {what}")
+            path, files = whole, find_band_files(whole)
     if files is None:
         raise InputError(
             path,
             "is one raster, not a Sentinel-2 product (SAFE folder, its ZIP, a granule, one of "
-            "its band files) or a folder of band files: there is nothing to stack",
+            "its band files) or a folder of band files (or one of them): there is nothing to "
+            "stack",
         )
     source = open_input(backend, path, say, options.mask_clouds, files)
     try:

@@ -187,7 +187,9 @@ def test_l2a_product_takes_the_finest_file_per_band_and_lacks_b10(s2_pair, tmp_p
     assert not out.exists() or not list(out.iterdir())
 
 
-def test_unreadable_folders_and_products_are_named_with_the_reason(s2_products, tmp_path):
+def test_unreadable_folders_and_products_are_named_with_the_reason(
+    s2_products, s2_band_folder, tmp_path
+):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("x")
@@ -219,6 +221,10 @@ def test_unreadable_folders_and_products_are_named_with_the_reason(s2_products, 
     result = CliRunner().invoke(cli, ["info", str(band), "-m", "s2_change_swimdiff", "--json"])
     why = json.loads(result.output)["fits_model"]["why"]
     assert why.startswith(f"is one band file of the Sentinel-2 product {s2_products['a']};")
+    band = next(s2_band_folder.glob("*_B04.jp2"))  # one band file of a folder of band files
+    result = CliRunner().invoke(cli, ["info", str(band), "-m", "s2_change_swimdiff", "--json"])
+    why = json.loads(result.output)["fits_model"]["why"]
+    assert why.startswith(f"is one of the band files in {s2_band_folder}; the model takes 13")
 
     out = tmp_path / "out"
     result = CliRunner().invoke(

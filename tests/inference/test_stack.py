@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,30 @@ def test_a_band_file_of_a_product_stands_for_the_product(s2_products, tmp_path):
         with rasterio.open(tmp_path / "from_product.tif") as b:
             assert a.count == 13
             np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_a_band_file_of_a_folder_of_band_files_stands_for_the_folder(s2_band_folder, tmp_path):
+    """One file of a folder of band files (OSCD's imgs_1; a layer QGIS opened from it) stacks
+    every band file of the folder, as the folder itself does; a band file alone in its folder
+    is one raster and is refused."""
+    band_file = next(s2_band_folder.glob("*_B04.jp2"))
+    messages: list[str] = []
+    stack_bands(str(band_file), str(tmp_path / "from_band.tif"), log=messages.append)
+    stack_bands(str(s2_band_folder), str(tmp_path / "from_folder.tif"))
+    assert messages[0] == (
+        f"info: {band_file} is one band file of {s2_band_folder}: stacking every band file of "
+        "the folder"
+    )
+    with rasterio.open(tmp_path / "from_band.tif") as a:
+        with rasterio.open(tmp_path / "from_folder.tif") as b:
+            assert a.count == 13 and list(a.descriptions) == list(BANDS)
+            np.testing.assert_array_equal(a.read(), b.read())
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(band_file, alone)
+    with pytest.raises(InputError, match="is one raster, not a Sentinel-2 product"):
+        stack_bands(str(alone / band_file.name), str(tmp_path / "alone.tif"))
+    assert not (tmp_path / "alone.tif").exists()
 
 
 def test_pixels_darker_than_the_offset_stay_valid(s2_pair, tmp_path):

@@ -7,6 +7,7 @@ written here with GDAL's own JPEG 2000 driver.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,33 @@ def test_stackbands_on_a_band_file_layer_writes_what_the_cli_writes(
     assert isinstance(layer.renderer(), QgsMultiBandColorRenderer)
     renderer = layer.renderer()
     assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (4, 3, 2)
+
+
+def test_stackbands_on_a_layer_of_a_folder_of_band_files_stacks_the_folder(
+    products, provider, main_cli, tmp_path
+):
+    """A folder of band files cannot be a layer; one of its files can, and stands for the
+    folder: the algorithm stacks all 13 files, as `swimdiff-geo stack FOLDER` does."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    folder = tmp_path / "imgs_1"
+    folder.mkdir()
+    for jp2 in products["a"].glob("GRANULE/*/IMG_DATA/*.jp2"):
+        shutil.copy(jp2, folder)
+    cli_out = tmp_path / "cli.tif"
+    result = main_cli("stack", str(folder), str(cli_out), "-q")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "qgis.tif"
+    processing.run(
+        "swimdiffgeo:stackbands",
+        {"INPUT": str(next(folder.glob("*_B11.jp2"))), "OUTPUT": str(out)},
+        context=QgsProcessingContext(),
+        feedback=QgsProcessingFeedback(),
+    )
+    ds = gdal.Open(str(out))
+    assert ds.RasterCount == 13
+    assert [ds.GetRasterBand(i).GetDescription() for i in range(1, 14)] == list(BANDS)
+    stacked = ds.ReadAsArray().astype(int)
+    reference = gdal.Open(str(cli_out)).ReadAsArray().astype(int)
+    assert np.abs(stacked - reference).max() <= 1 and np.mean(stacked != reference) < 1e-4

@@ -42,7 +42,8 @@ class StackBandsAlgorithm(SwimdiffAlgorithm):
             "description, with the +1000 offset of processing baseline 04.00 and later "
             "removed, so the digital numbers are those of older products and of the models' "
             "training data. A stack built by hand (Build virtual raster, Merge) keeps the "
-            "offset, and the change model then finds no change.\n\n"
+            "offset, and the change model then finds no change. A layer of one file of a "
+            "folder of band files (..._B01.tif ... ..._B12.tif) stacks the whole folder.\n\n"
             "Bands: names to keep, in this order, e.g. B04,B03,B02 (empty: all of them). "
             "Nodata is 0. Same engine as the command line: swimdiff-geo stack."
         )
@@ -50,7 +51,7 @@ class StackBandsAlgorithm(SwimdiffAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.addParameter(
             QgsProcessingParameterRasterLayer(
-                "INPUT", self.tr("Sentinel-2 product (any layer of it)")
+                "INPUT", self.tr("Sentinel-2 product or folder of band files (any layer of it)")
             )
         )
         self.addParameter(
