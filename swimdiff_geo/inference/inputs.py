@@ -117,20 +117,23 @@ def select_bands(
     if source.count == len(want):
         return list(range(1, source.count + 1))
     product = product_of_band_file(source.path)
-    if product is not None:
+    folder = None if product else folder_of_band_file(source.path)
+    if product or folder:  # one file of many: say what to give instead
+        if product:
+            what = f"one band file of the Sentinel-2 product {product}"
+            give = (
+                "the product itself (its folder or ZIP, docs/inputs.md), which is read with "
+                "all its bands"
+            )
+        else:
+            what = f"one of the band files in {folder}"
+            give = (
+                "the folder, which is read with all its band files, or their stack "
+                "(`swimdiff-geo stack`; in QGIS: Stack Sentinel-2 bands)"
+            )
         raise InputError(
             source.path,
-            f"is one band file of the Sentinel-2 product {product}; the model takes "
-            f"{len(want)} bands ({', '.join(want)}): give the product itself (its folder or "
-            "ZIP, docs/inputs.md), which is read with all its bands",
-        )
-    folder = folder_of_band_file(source.path)
-    if folder is not None:
-        raise InputError(
-            source.path,
-            f"is one of the band files in {folder}; the model takes {len(want)} bands "
-            f"({', '.join(want)}): give the folder, which is read with all its band files, or "
-            "their stack (`swimdiff-geo stack`; in QGIS: Stack Sentinel-2 bands)",
+            f"is {what}; the model takes {len(want)} bands ({', '.join(want)}): give {give}",
         )
     raise InputError(
         source.path,
