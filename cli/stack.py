@@ -69,9 +69,9 @@ def stack(
     PRODUCT is a Sentinel-2 product as downloaded (SAFE folder or ZIP, one granule, or one of
     its band files) or a folder of band files (..._B01.tif, ..._B8A.jp2, or one of them). Every
     band lands on the grid of the finest band file (20 m and 60 m bands resampled bilinearly),
-    named in its band description; the +1000 offset of processing baseline 04.00 and later is removed, so
-    the digital numbers are those of older products and of the models' training data
-    (docs/inputs.md). Nodata is 0. With B04, B03 and B02 in the stack, OUT's .qml beside it
+    named in its band description; the +1000 offset of processing baseline 04.00 and later is
+    removed, so the digital numbers are those of older products and of the models' training
+    data (docs/inputs.md). Nodata is 0. With B04, B03 and B02 in the stack, OUT's .qml beside it
     makes QGIS open it in true colour.
     """
     options = StackOptions(

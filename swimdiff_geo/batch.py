@@ -689,7 +689,7 @@ class JobResult:
 
 def summary_numbers(task: str, summary: dict[str, Any]) -> dict[str, Any]:
     """The report's numbers from a job summary: changed area, or area per class (ha), and the
-    engine's warnings (e.g. date B reprojected, --min-area ignored)."""
+    engine's warnings (e.g. --min-area ignored, a B10 offset left in a stack)."""
     warnings = [str(w) for w in summary.get("warnings", [])]
     if task == "change":
         return {

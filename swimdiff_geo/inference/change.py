@@ -265,6 +265,6 @@ def _summary(ctx, image_a, image_b, grid, threshold, options, counter, windows_r
         summary["changed_area_ha"] = float(counter.area_m2[1]) / 1e4
         summary["valid_area_m2"] = float(counter.area_m2.sum())
     summary["engine"] = engine_summary(ctx, grid, windows_run)
-    summary["warnings"] = list(ctx.warnings)
+    summary.update(ctx.log_summary())
     summary["runtime_s"] = round(time.perf_counter() - ctx.started, 3)
     return summary

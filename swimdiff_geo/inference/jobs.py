@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,8 +65,21 @@ class JobContext:
     log: Log
     progress: Progress | None
     is_cancelled: Cancelled | None
-    warnings: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # everything logged, "info: ..." too
     started: float = field(default_factory=time.perf_counter)
+
+    def log_summary(self) -> dict[str, list[str]]:
+        """``warnings`` and ``messages`` of a job's summary: see :func:`log_summary`."""
+        return log_summary(self.messages)
+
+
+def log_summary(messages: Sequence[str]) -> dict[str, list[str]]:
+    """A summary's ``warnings`` (the ``"warning: ..."`` lines; what a script or the batch report
+    checks) and ``messages`` (every line logged, ``"info: ..."`` too, in order)."""
+    return {
+        "warnings": [m for m in messages if m.startswith("warning:")],
+        "messages": list(messages),
+    }
 
 
 def start_job(
@@ -101,7 +114,7 @@ def start_job(
         log=logger,
         progress=progress,
         is_cancelled=is_cancelled,
-        warnings=messages,
+        messages=messages,
         started=started,
     )
 
@@ -278,7 +291,7 @@ def checked_summary(ctx: JobContext, grid: Grid) -> dict[str, Any]:
         "checked_only": True,
         "model": model_summary(ctx.model),
         "grid": {"width": grid.width, "height": grid.height},
-        "warnings": list(ctx.warnings),
+        **ctx.log_summary(),
     }
 
 

@@ -224,7 +224,7 @@ def map_landcover(
                 **extent_summary(options),
                 "polygons": n_polygons,
                 "engine": engine_summary(ctx, grid, windows_run),
-                "warnings": list(ctx.warnings),
+                **ctx.log_summary(),
                 "runtime_s": round(time.perf_counter() - ctx.started, 3),
             }  # fmt: skip
             if outputs.summary:

@@ -25,7 +25,7 @@ from .defaults import default_backend
 from .errors import CancelledError, InputError
 from .inputs import extent_window, open_input, sample_pixels
 from .io import RasterBackend, RasterSink, RasterSource, RasterSpec, Window
-from .jobs import Cancelled, Log, Progress, write_json, write_text
+from .jobs import Cancelled, Log, Progress, log_summary, write_json, write_text
 from .outputs import OutputTransaction
 from .qml import rgb_qml, sidecar_path
 
@@ -224,7 +224,7 @@ def stack_bands(
                 "crs": backend.crs_name(grid.crs_wkt),
                 "pixels_raised_to_1": raised,
                 "style": os.path.abspath(sidecar_path(out)) if style else None,
-                "messages": messages,
+                **log_summary(messages),
                 "runtime_s": round(time.perf_counter() - started, 2),
             }
             if options.summary:
