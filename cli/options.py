@@ -127,7 +127,10 @@ threads_option = click.option(
     help="onnxruntime intra-op threads (0 = one per physical core).",
 )
 overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Replace outputs that already exist."
+    "--overwrite",
+    is_flag=True,
+    help="Replace outputs that already exist (and remove this command's outputs that an "
+    "earlier run wrote and this one does not, e.g. its polygons).",
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
 

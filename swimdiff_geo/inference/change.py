@@ -53,15 +53,18 @@ class ChangeOutputs:
     polygons: str | None = None
     summary: str | None = None
     styles: bool = True  # QGIS default styles next to the rasters (<name>.qml)
+    stale: tuple[str, ...] = ()  # skipped outputs of this layout: see OutputTransaction
 
     @classmethod
     def in_dir(cls, out_dir: str, polygons: bool = True) -> ChangeOutputs:
         """The CLI's layout: ``OUTDIR/change_probability.tif`` etc."""
+        gpkg = os.path.join(out_dir, "change_polygons.gpkg")
         return cls(
             probability=os.path.join(out_dir, "change_probability.tif"),
             mask=os.path.join(out_dir, "change_mask.tif"),
-            polygons=os.path.join(out_dir, "change_polygons.gpkg") if polygons else None,
+            polygons=gpkg if polygons else None,
             summary=os.path.join(out_dir, "summary.json"),
+            stale=() if polygons else (gpkg,),
         )
 
     def paths(self) -> list[str]:
@@ -142,7 +145,7 @@ def detect_change(
             [DateInput(a, bands_a, a_offset), DateInput(b_on_grid, bands_b, b_offset)], contract
         )
         crs = crs_info_of(ctx.backend, grid)
-        with OutputTransaction(outputs.paths(), overwrite=options.overwrite) as tx:
+        with OutputTransaction(outputs.paths(), options.overwrite, outputs.stale) as tx:
             probability = RasterOutput(
                 ctx,
                 tx,

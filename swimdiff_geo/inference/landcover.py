@@ -64,20 +64,24 @@ class LandcoverOutputs:
     probabilities: str | None = None
     summary: str | None = None
     styles: bool = True  # a QGIS default style next to the class map (<name>.qml)
+    stale: tuple[str, ...] = ()  # skipped outputs of this layout: see OutputTransaction
 
     @classmethod
     def in_dir(
         cls, out_dir: str, polygons: bool = False, probabilities: bool = False
     ) -> LandcoverOutputs:
         """The CLI's layout: ``OUTDIR/landcover.tif``, ``class_areas.csv``, ..."""
+        gpkg = os.path.join(out_dir, "landcover.gpkg")
+        probability_tif = os.path.join(out_dir, "class_probabilities.tif")
         return cls(
             landcover=os.path.join(out_dir, "landcover.tif"),
             areas_csv=os.path.join(out_dir, "class_areas.csv"),
-            polygons=os.path.join(out_dir, "landcover.gpkg") if polygons else None,
-            probabilities=os.path.join(out_dir, "class_probabilities.tif")
-            if probabilities
-            else None,
+            polygons=gpkg if polygons else None,
+            probabilities=probability_tif if probabilities else None,
             summary=os.path.join(out_dir, "summary.json"),
+            stale=tuple(
+                p for p, kept in ((gpkg, polygons), (probability_tif, probabilities)) if not kept
+            ),
         )
 
     def paths(self) -> list[str]:
@@ -149,7 +153,7 @@ def map_landcover(
             for i in class_ids
             if str(i) in contract.class_colors
         }
-        with OutputTransaction(outputs.paths(), overwrite=options.overwrite) as tx:
+        with OutputTransaction(outputs.paths(), options.overwrite, outputs.stale) as tx:
             classes = RasterOutput(
                 ctx, tx, outputs.landcover,
                 RasterSpec(grid, 1, "uint8", CLASS_NODATA, ["land cover class"],

@@ -17,10 +17,18 @@ class OutputTransaction:
     Temporary files live in a hidden folder inside each output's folder (same filesystem, so the
     final rename is atomic per file). On :meth:`rollback` the temporary folders go, and so do
     output folders this transaction created. Use as a context manager: an exception rolls back.
+
+    ``stale``: outputs an earlier run into the same layout may have left that this run does not
+    write (the polygons of a run now made without them): they count as existing outputs, and
+    the commit removes them, so a folder never mixes two runs. A replaced output's GDAL
+    ``.aux.xml`` (statistics QGIS cached for the old pixels) goes with it.
     """
 
-    def __init__(self, final_paths: Iterable[str], overwrite: bool = False) -> None:
+    def __init__(
+        self, final_paths: Iterable[str], overwrite: bool = False, stale: Iterable[str] = ()
+    ) -> None:
         self.final_paths = [os.path.abspath(p) for p in final_paths]
+        self.stale = [os.path.abspath(p) for p in stale]
         self.overwrite = overwrite
         self._tmp_dirs: dict[str, str] = {}
         self._created_dirs: list[str] = []
@@ -28,12 +36,12 @@ class OutputTransaction:
         self._committed = False
 
     def __enter__(self) -> OutputTransaction:
-        existing = [p for p in self.final_paths if os.path.exists(p)]
+        existing = [p for p in self.final_paths + self.stale if os.path.exists(p)]
         if existing and not self.overwrite:
             raise OutputError(
                 f"{existing[0]}: output already exists"
                 + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
-                + "; pass --overwrite to replace"
+                + "; pass --overwrite (in Python: overwrite=True) to replace"
             )
         for final in self.final_paths:
             folder = os.path.dirname(final)
@@ -76,11 +84,15 @@ class OutputTransaction:
                     raise OutputError(f"{final}: internal error, output was never written")
                 if os.path.isdir(final):
                     shutil.rmtree(final)
+                _remove(final + ".aux.xml")  # the old pixels' statistics, if GDAL cached any
                 os.replace(tmp, final)
                 # GDAL sidecars (.aux.xml with category names, .qml styles) follow their file.
                 for sidecar in (tmp + ".aux.xml",):
                     if os.path.exists(sidecar):
                         os.replace(sidecar, final + sidecar[len(tmp) :])
+            for path in self.stale:
+                _remove(path)
+                _remove(path + ".aux.xml")
         except OSError as exc:
             raise OutputError(f"cannot move outputs into place: {exc}") from exc
         self._committed = True
@@ -101,3 +113,11 @@ class OutputTransaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._committed:
             self.rollback()
+
+
+def _remove(path: str) -> None:
+    """Remove file or folder ``path`` if it exists."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)

@@ -194,7 +194,9 @@ def stack_bands(
             + ([sidecar_path(out)] if style else [])
             + ([options.summary] if options.summary else [])
         )
-        with OutputTransaction(paths, overwrite=options.overwrite) as tx:
+        # an earlier stack's true-colour style would misname the bands of one without them
+        stale = [] if style else [sidecar_path(out)]
+        with OutputTransaction(paths, options.overwrite, stale) as tx:
             scratch = tx.scratch(os.path.basename(out) + ".tiled.tif")
             sink = backend.create(scratch, spec)
             try:

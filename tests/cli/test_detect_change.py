@@ -65,6 +65,32 @@ def test_existing_outputs_need_overwrite(landsat_pair, landsat_change_model, tmp
     assert not list(out.glob(".swimdiff-tmp-*"))
 
 
+def test_overwrite_leaves_no_output_of_the_earlier_run(
+    landsat_pair, landsat_change_model, tmp_path
+):
+    """A run with --overwrite replaces the folder's outputs as a whole: the polygons of an
+    earlier run go when the new one is made without them, and statistics GDAL/QGIS cached for
+    the old probability (.aux.xml) go with the old pixels; without --overwrite even the stale
+    polygons alone refuse the run."""
+    out = tmp_path / "out"
+    args = ["detect-change", *landsat_pair, "-o", out, "--model", landsat_change_model, "-q"]
+    assert run_cli(*args).exit_code == 0
+    stats = out / "change_probability.tif.aux.xml"
+    stats.write_text("<PAMDataset><Metadata><MDI key='STATISTICS_MAXIMUM'>0.2</MDI>")
+    assert run_cli(*args, "--no-polygons", "--overwrite").exit_code == 0
+    assert not (out / "change_polygons.gpkg").exists() and not stats.exists()
+    assert json.loads((out / "summary.json").read_text())["polygons"] is None
+    kept_mask = (out / "change_mask.tif.aux.xml").read_text()  # the new run's class names
+    assert "change" in kept_mask
+    # stale polygons of a run with them, the rest deleted by hand: refused without --overwrite
+    assert run_cli(*args, "--overwrite").exit_code == 0
+    for path in out.iterdir():
+        if path.name != "change_polygons.gpkg":
+            path.unlink()
+    result = run_cli(*args, "--no-polygons")
+    assert result.exit_code == 1 and "change_polygons.gpkg: output already exists" in result.output
+
+
 def _georef_copy(src: Path, dst: Path, **changes) -> Path:
     with rasterio.open(src) as ds:
         profile, data = ds.profile, ds.read()

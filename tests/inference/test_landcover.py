@@ -73,6 +73,14 @@ def test_class_map_areas_and_polygons(landsat_pair, landsat_segmentation_model, 
         assert per_class.get(int(r["class_id"]), 0) == int(r["pixels"])
     with rasterio.open(outputs.probabilities) as p:
         assert p.count == 3 and p.descriptions[0] == "p(water)"
+    # the same folder again, overwritten without polygons and probabilities: those go too
+    lean = LandcoverOutputs.in_dir(str(tmp_path / "lc"))
+    map_landcover(str(image), lean, LandcoverOptions(model=str(landsat_segmentation_model),
+                                                     overwrite=True))  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "lc").iterdir()) == [
+        "class_areas.csv", "landcover.qml", "landcover.tif", "landcover.tif.aux.xml",
+        "summary.json",
+    ]  # fmt: skip
 
 
 def test_min_area_is_a_minimum_mapping_unit(landsat_pair, landsat_segmentation_model, tmp_path):

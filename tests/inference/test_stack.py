@@ -200,6 +200,12 @@ def test_cli_stack(s2_products, s2_pair, tmp_path):
     with rasterio.open(out) as ds:
         assert ds.descriptions == ("B08", "B04", "B03")
     assert not (tmp_path / "b.qml").exists() and summary["style"] is None  # no B02: no RGB
+    # over a full stack with its true-colour style: the stale style goes with the old stack
+    full = runner.invoke(cli, ["stack", str(s2_products["b_zip"]), str(out), "--overwrite"])
+    assert full.exit_code == 0, full.output
+    assert (tmp_path / "b.qml").exists()
+    assert runner.invoke(cli, args + ["--overwrite"]).exit_code == 0
+    assert not (tmp_path / "b.qml").exists()
 
     result = runner.invoke(cli, ["stack", str(s2_pair[0]), str(tmp_path / "no.tif")])
     assert result.exit_code == 1
