@@ -39,9 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .inference.errors import SwimdiffError
+from .inference.errors import OutputError, SwimdiffError
 
 MARKER_NAME = ".done.json"
+# Written into a job's folder before its first output: the folder is batch's to replace. A folder
+# without it (or a marker) is the user's, and is never deleted.
+OWNER_NAME = ".swimdiff-batch-job"
 REPORT_NAME = "batch_report.csv"
 LOCK_NAME = ".batch.lock"
 MARKER_FORMAT = 1
@@ -711,16 +714,36 @@ def _class_areas_ha(summary: dict[str, Any]) -> dict[str, float] | None:
     return areas or None
 
 
-def _prepare_folder(folder: str) -> None:
+def _prepare_folder(folder: str, job_id: str) -> None:
     """Remove a previous attempt: the marker first (so nothing vouches for what follows), then
-    stale outputs and the engine's temporary folders left by a killed run."""
+    stale outputs and the engine's temporary folders left by a killed run; then make the folder
+    anew, stamped as batch's. Raises OutputError, touching nothing, for a path batch did not
+    make (a user's folder or file that happens to bear the job's id)."""
+    if os.path.lexists(folder) and not _made_by_batch(folder):
+        raise OutputError(
+            f"{folder}: exists and was not made by swimdiff-geo batch (it holds no {OWNER_NAME} "
+            f"or {MARKER_NAME}); a job replaces only a folder it made: move this one away, or "
+            "choose another output folder or job_id"
+        )
     marker = os.path.join(folder, MARKER_NAME)
     with contextlib.suppress(FileNotFoundError):
         os.remove(marker)
     if os.path.isdir(folder):
         shutil.rmtree(folder)
-    elif os.path.lexists(folder):
-        os.remove(folder)
+    os.makedirs(folder)
+    with open(os.path.join(folder, OWNER_NAME), "w", encoding="utf-8") as fh:
+        fh.write(f"{job_id}\n")
+
+
+def _made_by_batch(folder: str) -> bool:
+    """Whether ``folder`` is a job folder batch made: stamped, marked done, or holding nothing
+    but the engine's temporary folders (a killed run of a version before the stamp)."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return False
+    names = os.listdir(folder)
+    if OWNER_NAME in names or MARKER_NAME in names:
+        return True
+    return all(name.startswith(".swimdiff-tmp-") for name in names)  # True when empty
 
 
 def default_threads_on_this_worker() -> int:
@@ -769,7 +792,7 @@ def run_job(
         threads = default_threads_on_this_worker()
     try:
         stamp = fingerprint(job)  # before the run: an input edited meanwhile reruns next time
-        _prepare_folder(folder)
+        _prepare_folder(folder, job.job_id)
         options, outputs = job_call_arguments(job, folder, threads)
         summary = job.kind.run(*job.images, outputs, options, is_cancelled=is_cancelled)
         runtime = round(time.perf_counter() - started, 3)
@@ -788,14 +811,15 @@ def run_job(
         )
     except Exception as exc:  # noqa: BLE001 - failure isolation: any job error is recorded
         with contextlib.suppress(OSError):
-            os.rmdir(folder)  # an empty folder left by a failed job would only confuse
+            if os.path.isdir(folder) and set(os.listdir(folder)) <= {OWNER_NAME}:
+                shutil.rmtree(folder)  # a failed job's empty folder would only confuse
         return JobResult(
             job.job_id,
             job.task,
             STATUS_FAILED,
             runtime_s=round(time.perf_counter() - started, 3),
             error=error_message(exc),
-            output_dir=folder,
+            output_dir=folder if os.path.isdir(folder) else "",
         )
 
 

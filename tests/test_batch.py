@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from swimdiff_geo.cli.main import cli
 
 import swimdiff_geo.batch
-from swimdiff_geo.batch import MARKER_NAME, REPORT_NAME, load_manifest
+from swimdiff_geo.batch import MARKER_NAME, OWNER_NAME, REPORT_NAME, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -143,8 +143,9 @@ def _summary_without_runtime(path: Path) -> dict:
 def assert_same_outputs(got: Path, want: Path) -> None:
     """Same files, same pixels and georeferencing, same summaries (runtimes aside), same
     polygons and class-area tables."""
-    names = sorted(p.name for p in want.iterdir() if p.name != MARKER_NAME)
-    assert sorted(p.name for p in got.iterdir() if p.name != MARKER_NAME) == names
+    batch_files = (MARKER_NAME, OWNER_NAME)
+    names = sorted(p.name for p in want.iterdir() if p.name not in batch_files)
+    assert sorted(p.name for p in got.iterdir() if p.name not in batch_files) == names
     for name in names:
         g, w = got / name, want / name
         if name.endswith(".tif"):
@@ -231,6 +232,41 @@ def test_corrupt_input_fails_only_its_job_with_two_workers(scenes, reference, tm
     assert {report[j]["status"] for j in ALL_JOBS} == {"done"}
     assert not (out / "broken").exists() and not (out / "missing").exists()
     assert_same_batch(out, reference, ALL_JOBS)
+
+
+def test_a_folder_batch_did_not_make_is_never_deleted(scenes, tmp_path):
+    """A user's folder (or file) that bears a job's id in OUTDIR fails that job, untouched and
+    named; the job folder of an earlier batch (stamped) and an empty one are reused; a failed
+    job's report row names no folder that does not exist."""
+    folder, rows = scenes
+    out = tmp_path / "out"
+    notes = out / "c1" / "sub" / "notes.txt"  # e.g. -o ~/project with a job_id "docs"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    (out / "c2").write_text("a file named like job c2")
+    (out / "c3").mkdir()  # empty: what an old version's failed job could leave
+    manifest = write_manifest(folder / "mixed.csv", rows[:4])
+    result = run_cli("batch", manifest, "-o", out, "-q")
+    assert result.exit_code == 1, result.output
+    report = read_report(out)
+    for job_id in ("c1", "c2"):
+        assert report[job_id]["status"] == "failed"
+        assert report[job_id]["error"].startswith(
+            f"{out / job_id}: exists and was not made by swimdiff-geo batch"
+        )
+    assert notes.read_text() == "mine" and (out / "c2").read_text() == "a file named like job c2"
+    assert report["c3"]["status"] == report["c4"]["status"] == "done"
+    assert (out / "c3" / OWNER_NAME).read_text() == "c3\n"
+    # the user moves their folder and file away: the jobs run, and a rerun replaces them
+    shutil.rmtree(out / "c1")
+    (out / "c2").unlink()
+    assert run_cli("batch", manifest, "-o", out, "-q").exit_code == 0
+    (out / "c1" / MARKER_NAME).unlink()  # not done any more: its (stamped) folder is redone
+    assert run_cli("batch", manifest, "-o", out, "-q").exit_code == 0
+    assert read_report(out)["c1"]["status"] == "done"
+    missing = dict(rows[0], job_id="gone", image="no_such_scene.tif")
+    run_cli("batch", write_manifest(folder / "gone.csv", [missing]), "-o", out, "-q")
+    assert read_report(out)["gone"]["output_dir"] == "" and not (out / "gone").exists()
 
 
 def test_kill_9_mid_batch_then_rerun_finishes_each_job_once(scenes, reference, tmp_path):
