@@ -417,8 +417,21 @@ def _parse_row(
     return Job(str(job_id), task, tuple(images), options, layout, where)
 
 
+# GDAL's path of a file inside an archive: prefix, the archive's own path, the member's path
+_VSI_ARCHIVE = re.compile(r"^(/vsi(?:zip|tar|gzip)/)(.+?\.(?:zip|tar|tgz|tar\.gz|gz))(/.*)?$", re.I)
+
+
 def _resolve(path: str, base: str) -> str:
+    """A manifest path made absolute against the manifest's folder ``base``; in GDAL's
+    ``/vsizip/archive.zip/member.tif`` the archive's path is (other ``/vsi`` paths, such as
+    ``/vsicurl/``, are kept as written)."""
     path = os.path.expanduser(path.strip())
+    archive = _VSI_ARCHIVE.match(path)
+    if archive:
+        prefix, archive_path, member = archive.groups()
+        return prefix + _resolve(archive_path, base) + (member or "")
+    if path.startswith("/vsi"):
+        return path
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
 
 
@@ -518,9 +531,16 @@ def file_stamp(path: str | None) -> dict[str, Any] | None:
 
     A folder (a Sentinel-2 SAFE product, a folder of band files) is stamped by the files in it:
     their count, total size and latest modification, so replacing a band file redoes the job.
+    A file inside an archive (``/vsizip/...``) is stamped by its archive; another GDAL virtual
+    path (``/vsicurl/...``) cannot be, and is stamped by its path alone.
     """
     if path is None:
         return None
+    archive = _VSI_ARCHIVE.match(path)
+    if archive:
+        return {"path": path, "archive": file_stamp(archive.group(2))}
+    if path.startswith("/vsi"):
+        return {"path": path, "virtual": True}
     try:
         st = os.stat(path)
     except OSError:

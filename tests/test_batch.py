@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import fiona
@@ -454,6 +455,37 @@ def test_only_the_job_whose_option_input_or_outputs_changed_reruns(scenes, tmp_p
 
     monkeypatch.setattr(swimdiff_geo.batch, "__version__", "99.0.0")  # an upgraded swimdiff-geo
     assert set(rerun().values()) == {"done"}
+
+
+def test_inputs_inside_zip_archives_resolve_and_rerun_when_the_archive_changes(scenes, tmp_path):
+    """GDAL's /vsizip/ paths in a manifest: a relative archive is found beside the manifest, an
+    absolute one keeps its leading slash, and replacing the archive redoes the job."""
+    folder, rows = scenes
+    archive = tmp_path / "pair.zip"
+
+    def zip_crops(job_id: str) -> None:  # the crops of job_id under c1's names
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.write(folder / f"{job_id}_1990.tif", "c1_1990.tif")
+            zf.write(folder / f"{job_id}_2020.tif", "c1_2020.tif")
+
+    zip_crops("c1")
+    relative = dict(rows[0], image="/vsizip/pair.zip/c1_1990.tif")
+    relative["image_b"] = f"/vsizip/{archive}/c1_2020.tif"  # absolute: /vsizip//tmp/...
+    manifest = write_manifest(tmp_path / "jobs.csv", [relative])
+    out = tmp_path / "out"
+    assert run_cli("batch", manifest, "-o", out, "-q").exit_code == 0
+    summary = json.loads((out / "c1" / "summary.json").read_text())
+    assert summary["inputs"]["image_a"] == f"/vsizip/{archive}/c1_1990.tif"
+    first = read_report(out)["c1"]
+    assert first["status"] == "done"
+    assert run_cli("batch", manifest, "-o", out, "-q").exit_code == 0
+    assert read_report(out)["c1"]["status"] == "skipped_done"
+    time.sleep(0.01)  # a later mtime, whatever the file system's resolution
+    zip_crops("c2")
+    assert run_cli("batch", manifest, "-o", out, "-q").exit_code == 0
+    second = read_report(out)["c1"]
+    assert second["status"] == "done"
+    assert second["changed_area_ha"] != first["changed_area_ha"]
 
 
 def test_dask_local_cluster_gives_identical_outputs(scenes, reference, tmp_path):

@@ -31,6 +31,7 @@ from .jobs import (
     crs_info_of,
     engine_summary,
     extent_summary,
+    input_path,
     model_summary,
     regions_layer,
     start_job,
@@ -246,7 +247,7 @@ def _summary(ctx, image_a, image_b, grid, threshold, options, counter, windows_r
     valid = int(counter.pixels.sum())
     changed = int(counter.pixels[1])
     summary: dict[str, Any] = {
-        "inputs": {"image_a": os.path.abspath(image_a), "image_b": os.path.abspath(image_b)},
+        "inputs": {"image_a": input_path(image_a), "image_b": input_path(image_b)},
         "model": model_summary(ctx.model),
         "threshold": threshold,
         "min_area_m2": options.min_area,

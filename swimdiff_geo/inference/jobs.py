@@ -73,6 +73,12 @@ class JobContext:
         return log_summary(self.messages)
 
 
+def input_path(path: str) -> str:
+    """An input as a summary names it: absolute; a GDAL virtual path (``/vsizip//abs/a.zip/x``)
+    as given, which ``os.path.abspath`` would break by merging its ``//``."""
+    return path if path.startswith("/vsi") else os.path.abspath(path)
+
+
 def log_summary(messages: Sequence[str]) -> dict[str, list[str]]:
     """A summary's ``warnings`` (the ``"warning: ..."`` lines; what a script or the batch report
     checks) and ``messages`` (every line logged, ``"info: ..."`` too, in order)."""

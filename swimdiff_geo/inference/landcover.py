@@ -40,6 +40,7 @@ from .jobs import (
     crs_info_of,
     engine_summary,
     extent_summary,
+    input_path,
     model_summary,
     regions_layer,
     start_job,
@@ -217,7 +218,7 @@ def map_landcover(
             if outputs.areas_csv:
                 _write_areas_csv(tx.temp(outputs.areas_csv), table)
             summary = {
-                "inputs": {"image": os.path.abspath(image)},
+                "inputs": {"image": input_path(image)},
                 "model": model_summary(ctx.model),
                 "stride_px": stride,
                 "pixels": {"total": grid.width * grid.height, "valid": valid_pixels},

@@ -25,7 +25,7 @@ from .defaults import default_backend
 from .errors import CancelledError, InputError
 from .inputs import extent_window, open_input, sample_pixels
 from .io import RasterBackend, RasterSink, RasterSource, RasterSpec, Window
-from .jobs import Cancelled, Log, Progress, log_summary, write_json, write_text
+from .jobs import Cancelled, Log, Progress, input_path, log_summary, write_json, write_text
 from .outputs import OutputTransaction
 from .qml import rgb_qml, sidecar_path
 
@@ -211,7 +211,7 @@ def stack_bands(
                     "(darker than the offset) and were written as 1, so that 0 stays nodata"
                 )
             summary = {
-                "input": os.path.abspath(path),
+                "input": input_path(path),
                 "output": os.path.abspath(out),
                 "kind": files.kind,
                 "processing_baseline": files.processing_baseline,
