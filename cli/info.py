@@ -16,7 +16,7 @@ from .options import handle_errors, parse_bands
 
 
 def _is_onnx(path: str) -> bool:
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.startswith("/vsi"):  # GDAL virtual paths are rasters
         return False
     if path.lower().endswith(".onnx"):
         return True
@@ -150,8 +150,8 @@ def _existing_file_or_bundled_model(
 def _existing_path_or_bundled_model(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> str | None:
-    if value is not None and os.path.isdir(value):  # a Sentinel-2 product or band folder
-        return value
+    if value is not None and (os.path.isdir(value) or value.startswith("/vsi")):
+        return value  # a Sentinel-2 product or band folder, or a GDAL virtual path (/vsizip/...)
     return _existing_file_or_bundled_model(ctx, param, value)
 
 

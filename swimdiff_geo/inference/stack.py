@@ -158,6 +158,8 @@ def stack_bands(
             what = "the product" if product else "every band file of the folder"
             say(f"info: {path} is one band file of {whole}: stacking {what}")
             path, files = whole, find_band_files(whole)
+    if files is None and not (path.startswith("/vsi") or os.path.exists(path)):
+        raise InputError(path, "does not exist")
     if files is None:
         raise InputError(
             path,

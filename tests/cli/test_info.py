@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 from click.testing import CliRunner
 from swimdiff_geo.cli.main import cli
@@ -30,6 +31,20 @@ def test_info_on_a_raster_and_its_fit(s2_pair, landsat_pair, landsat_change_mode
                                       str(landsat_change_model)])  # fmt: skip
     assert result.exit_code == 1
     assert "fits: false" in result.output and "13 bands" in result.output
+
+
+def test_info_on_a_raster_inside_a_zip(s2_pair, tmp_path):
+    """A GDAL virtual path (what the engine takes, and what a ZIP's error message suggests)."""
+    archive = tmp_path / "pair.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(s2_pair[0], "a.tif")
+    path = f"/vsizip/{archive}/a.tif"
+    result = CliRunner().invoke(cli, ["info", path, "-m", "s2_change_swimdiff", "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    assert facts["count"] == 13 and facts["fits_model"]["fits"]
+    result = CliRunner().invoke(cli, ["info", f"/vsizip/{archive}/missing.tif"])
+    assert result.exit_code == 1 and "missing.tif" in result.output
 
 
 def test_info_takes_bundled_model_names(s2_pair):
