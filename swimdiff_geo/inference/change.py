@@ -124,10 +124,17 @@ def detect_change(
         sources.append(b)
         bands_a = select_bands(a, contract, options.bands)
         bands_b = select_bands(b, contract, options.bands)
-        for source, bands in ((a, bands_a), (b, bands_b)):
-            for warning in input_warnings(source, bands, contract):
-                ctx.log(warning)
-        warning = cirrus_difference_warning(a, bands_a, b, bands_b, contract)
+        date_warnings = [
+            w
+            for s, bands in ((a, bands_a), (b, bands_b))
+            for w in input_warnings(s, bands, contract)
+        ]
+        for warning in date_warnings:
+            ctx.log(warning)
+        # a date in other units (or with an offset) differs in B10 for that reason, not cirrus
+        warning = (
+            None if date_warnings else cirrus_difference_warning(a, bands_a, b, bands_b, contract)
+        )
         if warning:
             ctx.log(warning)
         grid, a, a_offset, b_on_grid = align_pair(ctx.backend, a, b, ctx.log)

@@ -255,6 +255,10 @@ def test_inputs_on_another_scale_than_the_training_data_warn(s2_pair, tmp_path):
         assert warning.startswith(f"warning: {path}: pixel values look ")
         factor = float(re.search(r"look ([\d,]+)x smaller", warning)[1].replace(",", ""))
         assert 3_000 < factor < 30_000  # DN / 10000 against a model of DN x 1e-4
+    # one date in reflectance: its B10 differs by the units, which is not taken for cirrus
+    outputs = ChangeOutputs.in_dir(str(tmp_path / "mixed"), polygons=False)
+    warnings = detect_change(str(s2_pair[0]), str(reflectance[1]), outputs)["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {reflectance[1]}: pixel")
 
 
 def test_thin_cirrus_over_one_date_warns_naming_that_date(s2_cirrus_pair, s2_pair, tmp_path):
