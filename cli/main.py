@@ -7,8 +7,11 @@ missing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import signal
+from types import FrameType
 
 import click
 
@@ -25,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "finetune": ("finetune", "finetune", "Train change / land-cover heads (train extra)."),
     "export": ("export", "export", "Export a checkpoint to ONNX (train extra)."),
 }
+TRAINING_COMMANDS = ("pretrain", "finetune", "export")
 
 
 class LazyGroup(click.Group):
@@ -52,6 +56,13 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+def exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a scheduler's timeout, ``kill``) unwinds like Ctrl-C instead of ending the
+    process on the spot: the job's outputs in progress are rolled back (no ``.swimdiff-tmp-*``
+    folder is left behind) and a batch stops its workers; exit status 143 = 128 + 15."""
+    raise SystemExit(128 + signum)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="swimdiff-geo")
 def cli() -> None:
@@ -60,6 +71,10 @@ def cli() -> None:
     Inference commands run ONNX models over GeoTIFFs of any size in bounded memory; run
     "swimdiff-geo COMMAND --help" for each command's options.
     """
+    if click.get_current_context().invoked_subcommand in TRAINING_COMMANDS:
+        return  # Lightning handles SIGTERM itself (and checkpoints every epoch)
+    with contextlib.suppress(ValueError):  # not the main thread: the embedding app decides
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,6 +40,7 @@ from typing import Any
 
 from . import __version__
 from .inference.errors import OutputError, SwimdiffError
+from .inference.outputs import TEMP_PREFIX
 
 MARKER_NAME = ".done.json"
 # Written into a job's folder before its first output: the folder is batch's to replace. A folder
@@ -763,7 +764,7 @@ def _made_by_batch(folder: str) -> bool:
     names = os.listdir(folder)
     if OWNER_NAME in names or MARKER_NAME in names:
         return True
-    return all(name.startswith(".swimdiff-tmp-") for name in names)  # True when empty
+    return all(name.startswith(TEMP_PREFIX) for name in names)  # True when empty
 
 
 def default_threads_on_this_worker() -> int:

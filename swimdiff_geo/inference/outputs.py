@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import OutputError
+
+# Temporary folders are named TEMP_PREFIX + host + "-" + PID + "-" + random, so that a later run
+# can tell the folders of a process that was killed outright (SIGKILL, a power cut) and remove
+# them; a process that ends any other way removes its own.
+TEMP_PREFIX = ".swimdiff-tmp-"
 
 
 class OutputTransaction:
@@ -47,8 +53,10 @@ class OutputTransaction:
             folder = os.path.dirname(final)
             if folder not in self._tmp_dirs:
                 self._make_folder(folder)
+                remove_abandoned_temp_dirs(folder)
                 try:
-                    self._tmp_dirs[folder] = tempfile.mkdtemp(prefix=".swimdiff-tmp-", dir=folder)
+                    prefix = f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+                    self._tmp_dirs[folder] = tempfile.mkdtemp(prefix=prefix, dir=folder)
                 except OSError as exc:
                     self.rollback()
                     raise OutputError(f"{folder}: cannot write outputs here: {exc}") from exc
@@ -121,3 +129,35 @@ def _remove(path: str) -> None:
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.remove(path)
+
+
+def remove_abandoned_temp_dirs(folder: str) -> list[str]:
+    """Remove the temporary folders in ``folder`` that this host made for a process that no
+    longer runs; returns their names. Folders of other hosts (a shared disk) and of running
+    processes stay, and so does everything where processes cannot be checked (not POSIX)."""
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
+        return []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    host, removed = socket.gethostname(), []
+    for name in names:
+        parts = name[len(TEMP_PREFIX) :].rsplit("-", 2) if name.startswith(TEMP_PREFIX) else []
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        if _process_runs(int(parts[1])):
+            continue
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -7,6 +7,7 @@ problem, and leave nothing behind in OUTDIR.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from rasterio.transform import Affine
 from swimdiff_geo.cli.main import cli
 
+from swimdiff_geo.inference.outputs import TEMP_PREFIX
 from tests.model_builders import change_contract, pointwise_change_model
 
 
@@ -89,6 +91,55 @@ def test_overwrite_leaves_no_output_of_the_earlier_run(
             path.unlink()
     result = run_cli(*args, "--no-polygons")
     assert result.exit_code == 1 and "change_polygons.gpkg: output already exists" in result.output
+
+
+SIGTERM_DURING_COMMIT = """
+import os, signal, sys
+from swimdiff_geo.inference import outputs
+
+def commit(self):  # SIGTERM arrives with every output written, none renamed into place
+    os.kill(os.getpid(), signal.SIGTERM)
+
+outputs.OutputTransaction.commit = commit
+from swimdiff_geo.cli.main import cli
+cli(sys.argv[1:])
+"""
+
+
+def test_sigterm_leaves_nothing_behind(landsat_pair, landsat_change_model, tmp_path):
+    """SIGTERM (a scheduler's timeout) rolls the job back as Ctrl-C does: exit 143, and neither
+    the output folder it created nor a temporary folder is left."""
+    out = tmp_path / "out"
+    args = ["detect-change", *map(str, landsat_pair), "-o", str(out), "-m",
+            str(landsat_change_model), "-q"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGTERM_DURING_COMMIT, *args], capture_output=True, text=True
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert not out.exists()
+
+
+def test_temporary_folders_of_killed_runs_are_removed(landsat_pair, landsat_change_model, tmp_path):
+    """A run killed outright (SIGKILL) cannot clean up; the next run into the folder removes
+    the temporary folders of this host's processes that are gone, and keeps a running one's."""
+    out = tmp_path / "out"
+    host = socket.gethostname()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        abandoned = out / f"{TEMP_PREFIX}{host}-{int(gone.stdout)}-x1y2z3"
+        live = out / f"{TEMP_PREFIX}{host}-{running.pid}-a1b2c3"
+        elsewhere = out / f"{TEMP_PREFIX}other-host-{int(gone.stdout)}-q1w2e3"
+        for folder in (abandoned, live, elsewhere):
+            folder.mkdir(parents=True)
+            (folder / "change_probability.tiled.tif").write_bytes(b"partial")
+        args = ["detect-change", *landsat_pair, "-o", out, "-m", landsat_change_model, "-q"]
+        assert run_cli(*args).exit_code == 0
+        assert not abandoned.exists() and live.exists() and elsewhere.exists()
+    finally:
+        running.kill()
+        running.wait()
 
 
 def _georef_copy(src: Path, dst: Path, **changes) -> Path:
