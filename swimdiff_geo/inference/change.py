@@ -9,7 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from .engine import DateInput, StackedReader, run_sliding_window
+from .engine import (
+    DateInput,
+    StackedReader,
+    cropped_consumer,
+    run_sliding_window,
+)
 from .errors import InputError
 from .inputs import (
     align_pair,
@@ -40,6 +45,7 @@ from .jobs import (
 )
 from .outputs import OutputTransaction
 from .qml import CHANGE_MASK_QML, CHANGE_PROBABILITY_QML, sidecar_path
+from .tiling import window_on_tile_lattice
 
 PROBABILITY_NODATA = -1.0
 MASK_NODATA = 255
@@ -141,11 +147,15 @@ def detect_change(
         if b_on_grid is not b:
             sources.append(b_on_grid)
         b_offset = (0, 0)
+        run_grid, inner = grid, None  # the model runs over the extent and context around it
         if options.extent is not None:
             window = extent_window(ctx.backend, grid, options.extent, options.extent_crs, image_a)
-            grid = grid.subgrid(window)
-            a_offset = (a_offset[0] + window.col_off, a_offset[1] + window.row_off)
-            b_offset = (window.col_off, window.row_off)
+            run_window, inner = window_on_tile_lattice(
+                window, grid.width, grid.height, ctx.tile_size, ctx.overlap_px
+            )
+            run_grid, grid = grid.subgrid(run_window), grid.subgrid(window)
+            a_offset = (a_offset[0] + run_window.col_off, a_offset[1] + run_window.row_off)
+            b_offset = (run_window.col_off, run_window.row_off)
             ctx.log(f"info: mapping the extent: {grid.width}x{grid.height} px")
         if check_only:
             return checked_summary(ctx, grid)
@@ -197,11 +207,11 @@ def detect_change(
             windows_run = run_sliding_window(
                 ctx.model,
                 reader,
-                grid,
+                run_grid,
                 ctx.tile_size,
                 ctx.overlap_px,
                 options.batch_size,
-                consume,
+                consume if inner is None else cropped_consumer(consume, inner),
                 out_channels=1,
                 progress=ctx.progress,
                 is_cancelled=ctx.is_cancelled,

@@ -25,6 +25,27 @@ StripConsumer = Callable[[Window, np.ndarray, np.ndarray], None]
 """Called with (strip window, blended predictions (K, rows, cols) float32, valid (rows, cols))."""
 
 
+def cropped_consumer(consumer: StripConsumer, inner: Window) -> StripConsumer:
+    """A consumer of the strips of a run over a grown window
+    (:func:`~.tiling.window_on_tile_lattice`) that passes on the part inside ``inner``, in
+    ``inner``'s own pixel coordinates."""
+
+    def consume(window: Window, pred: np.ndarray, valid: np.ndarray) -> None:
+        top = max(window.row_off, inner.row_off)
+        bottom = min(window.row_off + window.height, inner.row_off + inner.height)
+        if bottom <= top:
+            return
+        rows = slice(top - window.row_off, bottom - window.row_off)
+        cols = slice(inner.col_off - window.col_off, inner.col_off - window.col_off + inner.width)
+        consumer(
+            Window(0, top - inner.row_off, inner.width, bottom - top),
+            np.ascontiguousarray(pred[:, rows, cols]),
+            np.ascontiguousarray(valid[rows, cols]),
+        )
+
+    return consume
+
+
 @dataclass
 class DateInput:
     """One date of the model input: a source, its 1-based band indices in model order, and the

@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .engine import DateInput, StackedReader, _read_ahead, run_sliding_window
+from .engine import (
+    DateInput,
+    StackedReader,
+    _read_ahead,
+    cropped_consumer,
+    run_sliding_window,
+)
 from .errors import CancelledError, InputError
 from .inputs import (
     extent_window,
@@ -49,7 +55,7 @@ from .jobs import (
 )
 from .outputs import OutputTransaction
 from .qml import landcover_qml, sidecar_path
-from .tiling import pad_to_tile
+from .tiling import pad_to_tile, window_on_tile_lattice
 
 CLASS_NODATA = 255
 PROBABILITY_NODATA = -1.0
@@ -132,11 +138,19 @@ def map_landcover(
         for warning in input_warnings(source, bands, contract):
             ctx.log(warning)
         image_grid, offset = source.grid, (0, 0)
+        run_grid, inner = image_grid, None  # segmentation: the extent and context around it
         if options.extent is not None:
             window = extent_window(
                 ctx.backend, image_grid, options.extent, options.extent_crs, image
             )
-            image_grid, offset = image_grid.subgrid(window), (window.col_off, window.row_off)
+            if contract.model_type == "segmentation":
+                run_window, inner = window_on_tile_lattice(
+                    window, image_grid.width, image_grid.height, ctx.tile_size, ctx.overlap_px
+                )
+            else:  # a patch classifier's cells start at the extent's corner
+                run_window = window
+            run_grid, image_grid = image_grid.subgrid(run_window), image_grid.subgrid(window)
+            offset = (run_window.col_off, run_window.row_off)
             ctx.log(f"info: mapping the extent: {image_grid.width}x{image_grid.height} px")
         if contract.model_type == "classification":
             stride = options.stride or max(1, ctx.tile_size // 2)
@@ -181,8 +195,10 @@ def map_landcover(
 
             if contract.model_type == "segmentation":
                 windows_run = run_sliding_window(
-                    ctx.model, reader, grid, ctx.tile_size, ctx.overlap_px, options.batch_size,
-                    consume, out_channels=len(class_ids), progress=ctx.progress,
+                    ctx.model, reader, run_grid, ctx.tile_size, ctx.overlap_px,
+                    options.batch_size,
+                    consume if inner is None else cropped_consumer(consume, inner),
+                    out_channels=len(class_ids), progress=ctx.progress,
                     is_cancelled=ctx.is_cancelled, read_ahead=options.read_ahead,
                 )  # fmt: skip
             else:

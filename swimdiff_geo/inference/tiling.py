@@ -42,6 +42,36 @@ def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+def window_on_tile_lattice(
+    window: Window, width: int, height: int, tile: int, overlap: int
+) -> tuple[Window, Window]:
+    """The window to run the model over so that ``window`` (an extent) of a ``width`` x
+    ``height`` px raster comes out as it does in a run over the whole raster, and where
+    ``window`` lies inside it.
+
+    The grown window starts on the whole run's window lattice (multiples of ``tile - overlap``)
+    and ends where one of its windows ends (or at the raster's edge), with at least ``overlap``
+    px of context beyond ``window`` on every side that is not the raster's edge; so every window
+    the extent's pixels see is one of the whole run's, with the same blend weights (a grown
+    window's border tapers differ only within ``overlap`` px of its edge). Costs at most one
+    window of extra pixels on each side.
+    """
+
+    def axis(start: int, length: int, size: int) -> tuple[int, int]:
+        if size <= tile:
+            return 0, size  # the whole run has a single window on this axis
+        stride = tile - overlap
+        lo = max(0, start - overlap) // stride * stride
+        needed = start + length + overlap - lo - tile  # beyond the first window
+        return lo, min(size, lo + tile + max(0, -(-needed // stride)) * stride)
+
+    col0, col1 = axis(window.col_off, window.width, width)
+    row0, row1 = axis(window.row_off, window.height, height)
+    grown = Window(col0, row0, col1 - col0, row1 - row0)
+    inner = Window(window.col_off - col0, window.row_off - row0, window.width, window.height)
+    return grown, inner
+
+
 def taper(n: int, at_start_border: bool, at_end_border: bool) -> np.ndarray:
     """1-D Hann taper of ``n`` weights in (0, 1], flat (1) on the halves touching a raster border.
 

@@ -231,6 +231,29 @@ def test_inputs_on_another_scale_than_the_training_data_warn(landsat_pair, tmp_p
     assert 30 < factor < 300
 
 
+def test_extent_of_a_segmentation_model_that_sees_context_gives_the_whole_runs_pixels(
+    s2_pair, tmp_path
+):
+    """The bundled Sentinel-2 segmentation model (a ResNet-18 UNet: context matters) maps an
+    extent as the same pixels of the whole-image run, probabilities included (64 px windows, so
+    that the 198 px sample holds several)."""
+    image = str(s2_pair[0])
+    col, row, width, height = 90, 30, 70, 40
+    with rasterio.open(image) as ds:
+        t = ds.transform
+    left, top = t * (col + 0.25, row + 0.25)
+    right, bottom = t * (col + width - 0.25, row + height - 0.25)
+    runs = {}
+    for name, extent in (("full", None), ("part", (left, bottom, right, top))):
+        runs[name] = LandcoverOutputs.in_dir(str(tmp_path / name), probabilities=True)
+        options = LandcoverOptions(model="s2_landcover_swimdiff", tile_size=64, extent=extent)
+        map_landcover(image, runs[name], options)
+    window = rasterio.windows.Window(col, row, width, height)
+    with rasterio.open(runs["full"].probabilities) as f:
+        with rasterio.open(runs["part"].probabilities) as p:
+            np.testing.assert_allclose(p.read(), f.read(window=window), rtol=0, atol=1e-6)
+
+
 def test_extent_maps_the_window_holding_it(landsat_pair, landsat_segmentation_model, models_dir,
                                            tmp_path):  # fmt: skip
     """Segmentation: the window of the whole-image class map (pointwise model). Patch
