@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -39,10 +40,41 @@ def parse_extent_option(
         raise click.BadParameter(str(exc)) from None
 
 
+def parse_crs_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--extent-crs``: a CRS GDAL knows (usage error, exit 2, otherwise)."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        CRS.from_user_input(value)
+    except CRSError as exc:
+        raise click.BadParameter(f"{value!r} is not a CRS GDAL knows ({exc})") from None
+    return value
+
+
+# -o names a folder; a name like these is a file meant as an output, which it cannot be
+_FILE_SUFFIXES = (".tif", ".tiff", ".gpkg", ".json", ".csv", ".png", ".jpg", ".shp")
+
+
+def _output_folder(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value.lower().endswith(_FILE_SUFFIXES) and not os.path.isdir(value):
+        raise click.BadParameter(
+            f"{value!r} looks like a file name; -o is the folder the outputs are written into "
+            "(with their own names, e.g. change_probability.tif): give a folder, e.g. -o out/"
+        )
+    return value
+
+
 def output_dir_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--output/-o OUTDIR`` (required), the folder a command writes its outputs into."""
     return click.option(
-        "--output", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help=help
+        "--output",
+        "-o",
+        "out_dir",
+        type=click.Path(file_okay=False),
+        required=True,
+        callback=_output_folder,
+        help=help,
     )
 
 
@@ -51,8 +83,9 @@ model_option = click.option(
     "-m",
     type=click.Path(dir_okay=False),
     default=None,
-    help="ONNX model file (docs/model-format.md) or the name of a bundled model, e.g. "
-    "s2_landcover_swimdiff (docs/models.md).  [default: the model bundled for this task]",
+    help="ONNX model file (docs/model-format.md) or the name of a bundled model "
+    "(docs/models.md; `swimdiff-geo info NAME` describes one).  [default: the model bundled "
+    "for this task]",
 )
 tile_size_option = click.option(
     "--tile-size",
@@ -103,6 +136,7 @@ extent_option = click.option(
 extent_crs_option = click.option(
     "--extent-crs",
     default="EPSG:4326",
+    callback=parse_crs_option,
     show_default=True,
     help="CRS of --extent: EPSG:4326 is longitude/latitude; or e.g. EPSG:32633, or a WKT.",
 )

@@ -29,6 +29,7 @@ import logging
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,10 +110,21 @@ def load_export_source(
     path = Path(checkpoint)
     if not path.is_file():
         raise ExportError(f"{path}: checkpoint not found")
+    what = "a .ckpt from `swimdiff-geo finetune` or an encoder .pt"
+    if path.suffix.lower() == ".onnx":
+        raise ExportError(
+            f"{path}: is an ONNX model already; export takes a training checkpoint ({what}); "
+            "`swimdiff-geo info` describes an ONNX file"
+        )
+    if not zipfile.is_zipfile(path):  # torch.save has written ZIP archives since torch 1.6
+        raise ExportError(f"{path}: not a torch checkpoint ({what}): not a ZIP archive")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ExportError(f"{path}: not a torch checkpoint ({exc})") from exc
+    except Exception as exc:  # torch's own text advises weights_only=False: unsafe, not repeated
+        raise ExportError(
+            f"{path}: not a torch checkpoint that loads safely ({what}); torch says: "
+            f"{str(exc).splitlines()[0][:200]}"
+        ) from exc
     if _is_lightning_checkpoint(obj) and "model_cfg" in obj["hyper_parameters"]:
         task = load_head_checkpoint(path)
         hp = task.hparams

@@ -25,6 +25,7 @@ from swimdiff_geo.export import (
     real_windows,
 )
 from swimdiff_geo.inference.contract import load_model
+from swimdiff_geo.inference.defaults import resolve_model_path
 from swimdiff_geo.models.encoder import build_encoder
 from swimdiff_geo.train.finetune import finetune_change
 from tests.conftest import water_on_each_date
@@ -90,8 +91,10 @@ def test_encoder_with_unknown_bands_needs_names(tmp_path: Path) -> None:
     assert source.contract.bands == ["RED", "GREEN", "BLUE", "NIR"]
     not_a_ckpt = tmp_path / "notes.pt"
     not_a_ckpt.write_text("hello")
-    with pytest.raises(ExportError, match="not a torch checkpoint"):
+    with pytest.raises(ExportError, match="not a torch checkpoint .*: not a ZIP archive"):
         load_export_source(not_a_ckpt)
+    with pytest.raises(ExportError, match="is an ONNX model already"):
+        load_export_source(resolve_model_path("s2_change_swimdiff"))
 
 
 def test_parity_check_catches_a_different_graph(change_ckpt: Path, tmp_path: Path) -> None:

@@ -106,7 +106,11 @@ def select_bands(
     if all(k in keys for k in want_keys):
         return [keys.index(k) + 1 for k in want_keys]
     described = [d.strip() for d in source.band_descriptions if d and d.strip()]
-    hint = f" (its band descriptions: {', '.join(described)})" if described else ""
+    blank = [str(i) for i, d in enumerate(source.band_descriptions, 1) if not (d and d.strip())]
+    hint = ""
+    if described:  # and which bands have no description, where that is why a band is missing
+        hint = f" (its band descriptions: {', '.join(described)}"
+        hint += f"; none on band {', '.join(blank)})" if blank else ")"
     missing = [w for w, k in zip(want, want_keys, strict=True) if k not in keys]
     if len(missing) < len(want):
         raise InputError(

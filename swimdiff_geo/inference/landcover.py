@@ -137,6 +137,12 @@ def map_landcover(
         bands = select_bands(source, contract, options.bands)
         for warning in input_warnings(source, bands, contract):
             ctx.log(warning)
+        if options.stride is not None and contract.model_type == "segmentation":
+            ctx.log(
+                f"warning: --stride {options.stride} ignored: it spaces a patch classifier's "
+                f"cells, and {os.path.basename(ctx.model.path)} is a segmentation model, which "
+                "maps every pixel"
+            )
         image_grid, offset = source.grid, (0, 0)
         run_grid, inner = image_grid, None  # segmentation: the extent and context around it
         if options.extent is not None:

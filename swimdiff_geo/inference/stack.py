@@ -22,7 +22,7 @@ import numpy as np
 from ..bands import normalize_band_name
 from .band_files import find_band_files, folder_of_band_file, product_of_band_file
 from .defaults import default_backend
-from .errors import CancelledError, InputError
+from .errors import CancelledError, InputError, OutputError
 from .inputs import extent_window, open_input, sample_pixels
 from .io import RasterBackend, RasterSink, RasterSource, RasterSpec, Window
 from .jobs import Cancelled, Log, Progress, input_path, log_summary, write_json, write_text
@@ -150,6 +150,10 @@ def stack_bands(
         if log is not None:
             log(message)
 
+    if not out.lower().endswith((".tif", ".tiff")):
+        raise OutputError(
+            f"{out}: the stack is written as a Cloud-Optimized GeoTIFF; give a path ending in .tif"
+        )
     files = find_band_files(path)
     if files is None:  # a band file (a layer QGIS opened from one) stands for its product/folder
         product = product_of_band_file(path)

@@ -256,6 +256,12 @@ def test_usage_errors_exit_2(landsat_pair, tmp_path):
     assert result.exit_code == 2 and "band numbers start at 1" in result.output
     result = run_cli("detect-change", *landsat_pair, "-o", tmp_path / "o", "--threshold", "2")
     assert result.exit_code == 2
+    result = run_cli("detect-change", *landsat_pair, "-o", tmp_path / "o", "--extent",
+                     "-75,-9,-74,-8", "--extent-crs", "EPSG:99999")  # fmt: skip
+    assert result.exit_code == 2 and "'EPSG:99999' is not a CRS GDAL knows" in result.output
+    result = run_cli("detect-change", *landsat_pair, "-o", tmp_path / "change.tif")
+    assert result.exit_code == 2 and "change.tif' looks like a file name" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])

@@ -18,6 +18,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject, tr
 from swimdiff_geo.cli.main import cli
 
 from swimdiff_geo.inference.change import ChangeOptions, ChangeOutputs, detect_change
+from swimdiff_geo.inference.errors import InputError
 
 
 def _run(a, b, out, model, **options):
@@ -357,3 +358,20 @@ def test_extent_outside_the_image_names_it_and_writes_nothing(
         "--extent", "11,50,10,51",
     ])  # fmt: skip
     assert result.exit_code == 2 and "left < right" in result.output
+
+
+def test_a_band_without_description_is_named_in_the_refusal(s2_pair, tmp_path):
+    """A raster whose band 4 lost its description (B04) is refused naming the missing band and
+    the band that has no description, not only the twelve that have one."""
+    blanked = tmp_path / "a_blank_b4.tif"
+    with rasterio.open(s2_pair[0]) as src:
+        profile, data, names = src.profile, src.read(), list(src.descriptions)
+    with rasterio.open(blanked, "w", **profile) as dst:
+        dst.write(data)
+        for i, name in enumerate(names, 1):
+            dst.set_band_description(i, "" if i == 4 else name)
+    outputs = ChangeOutputs.in_dir(str(tmp_path / "out"))
+    with pytest.raises(InputError, match=r"lacks band B04 \(its band descriptions: B01, B02, "
+                       r"B03, B05, .*; none on band 4\)"):  # fmt: skip
+        detect_change(str(blanked), str(s2_pair[1]), outputs)
+    assert not (tmp_path / "out").exists()

@@ -197,6 +197,17 @@ def test_map_landcover_bad_inputs(landsat_pair, s2_pair, naip_pair, landsat_chan
     assert (out / "landcover.tif").exists()
 
 
+def test_stride_given_to_a_segmentation_model_warns(landsat_pair, landsat_segmentation_model,
+                                                    tmp_path):  # fmt: skip
+    """--stride spaces a patch classifier's cells; a segmentation model ignores it, and says so
+    rather than silently (the summary's stride_px stays 1)."""
+    outputs = LandcoverOutputs.in_dir(str(tmp_path / "lc"))
+    options = LandcoverOptions(model=str(landsat_segmentation_model), stride=4)
+    summary = map_landcover(str(landsat_pair[1]), outputs, options)
+    (warning,) = summary["warnings"]
+    assert warning.startswith("warning: --stride 4 ignored") and "segmentation model" in warning
+
+
 def test_inputs_on_another_scale_than_the_training_data_warn(landsat_pair, tmp_path):
     """A model standardised on the 1990 composite (8-bit) maps 2020 without a word, and warns,
     naming the file, when 2020 comes as 16-bit values 100x larger."""

@@ -177,6 +177,8 @@ def test_what_cannot_be_stacked_is_refused_and_nothing_is_written(s2_pair, s2_pr
         stack_bands(str(s2_pair[0]), str(out))
     with pytest.raises(InputError, match="missing.SAFE: does not exist"):
         stack_bands(str(tmp_path / "missing.SAFE"), str(out))
+    with pytest.raises(OutputError, match="rgb.png: the stack is written as a Cloud-Optimized"):
+        stack_bands(str(s2_products["a"]), str(tmp_path / "rgb.png"))
     with pytest.raises(InputError, match="has no band B13; its bands: B01, B02"):
         stack_bands(str(s2_products["a"]), str(out), StackOptions(bands=["B04", "B13"]))
     with pytest.raises(InputError, match="holds no pixel of the extent"):

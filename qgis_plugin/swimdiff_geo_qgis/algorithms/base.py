@@ -38,6 +38,7 @@ _CLI_OPTION_TO_PARAMETER = {
     "--threshold": "THRESHOLD",
     "--extent": "EXTENT",
     "--mask-clouds": "MASK_CLOUDS",
+    "--stride": "STRIDE",
 }
 _CLI_OPTION = re.compile(r"(?:" + "|".join(map(re.escape, _CLI_OPTION_TO_PARAMETER)) + r")\b")
 
