@@ -49,21 +49,20 @@ def window_on_tile_lattice(
     ``height`` px raster comes out as it does in a run over the whole raster, and where
     ``window`` lies inside it.
 
-    The grown window starts on the whole run's window lattice (multiples of ``tile - overlap``)
-    and ends where one of its windows ends (or at the raster's edge), with at least ``overlap``
-    px of context beyond ``window`` on every side that is not the raster's edge; so every window
-    the extent's pixels see is one of the whole run's, with the same blend weights (a grown
-    window's border tapers differ only within ``overlap`` px of its edge). Costs at most one
-    window of extra pixels on each side.
+    Along each axis the grown window spans the whole run's windows that touch ``window`` and
+    one more on each side (none beyond the raster's edge): its own windows are then exactly
+    those of the whole run, and the ones the extent's pixels see have the whole run's blend
+    weights (a run's border windows are weighted flat on their outer half). Costs at most two
+    windows of extra pixels on each side.
     """
 
     def axis(start: int, length: int, size: int) -> tuple[int, int]:
-        if size <= tile:
-            return 0, size  # the whole run has a single window on this axis
-        stride = tile - overlap
-        lo = max(0, start - overlap) // stride * stride
-        needed = start + length + overlap - lo - tile  # beyond the first window
-        return lo, min(size, lo + tile + max(0, -(-needed // stride)) * stride)
+        starts = axis_starts(size, tile, overlap)
+        span = min(tile, size)
+        first = next(i for i, s in enumerate(starts) if s + span > start)
+        last = max(i for i, s in enumerate(starts) if s < start + length)
+        first, last = max(0, first - 1), min(len(starts) - 1, last + 1)
+        return starts[first], starts[last] + span
 
     col0, col1 = axis(window.col_off, window.width, width)
     row0, row1 = axis(window.row_off, window.height, height)

@@ -326,19 +326,22 @@ def test_extent_maps_only_that_area_in_any_crs(landsat_pair, landsat_change_mode
         assert summary["extent"] == {"bounds": list(extent), "crs": crs}
 
 
-@pytest.mark.parametrize("col, row", [(70, 45), (0, 110)])  # inside; touching the left edge
-def test_extent_of_a_model_that_sees_context_gives_the_whole_runs_pixels(s2_pair, tmp_path,
-                                                                        col, row):  # fmt: skip
+# inside; touching the left edge; near the right edge, less than a window from it
+@pytest.mark.parametrize("col, row, width, height",
+                         [(70, 45, 60, 50), (0, 110, 60, 50), (165, 150, 30, 40)])  # fmt: skip
+def test_extent_of_a_model_that_sees_context_gives_the_whole_runs_pixels(
+    s2_pair, tmp_path, col, row, width, height
+):
     """The bundled ResNet-18 UNet's prediction at a pixel depends on the pixels around it and
     on where it lies in its window: an extent is run on the whole run's window lattice, with
     context around it, so it comes out as the same pixels of a whole-image run (64 px windows
     here, so that the 198 px sample holds several; before, 0.85 apart near the extent's edge)."""
     options = {"tile_size": 64, "overlap": 25}
     full, _ = _run(*s2_pair, tmp_path / "full", "s2_change_swimdiff", **options)
-    extent = _window_bounds(s2_pair[0], col, row, 60, 50)
+    extent = _window_bounds(s2_pair[0], col, row, width, height)
     part, _ = _run(*s2_pair, tmp_path / "part", "s2_change_swimdiff", extent=extent, **options)
     with rasterio.open(full.probability) as f, rasterio.open(part.probability) as p:
-        expected = f.read(1, window=rasterio.windows.Window(col, row, 60, 50))
+        expected = f.read(1, window=rasterio.windows.Window(col, row, width, height))
         np.testing.assert_allclose(p.read(1), expected, rtol=0, atol=1e-6)
 
 

@@ -6,7 +6,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swimdiff_geo.inference.tiling import TileGrid, axis_starts, pad_to_tile, taper
+from swimdiff_geo.inference.io import Window
+from swimdiff_geo.inference.tiling import (
+    TileGrid,
+    axis_starts,
+    pad_to_tile,
+    taper,
+    window_on_tile_lattice,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -25,6 +32,33 @@ def test_windows_cover_every_pixel_and_stay_inside(length, tile, data):
         assert starts[-1] == length - tile  # the last window is shifted inside
         steps = np.diff(starts)
         assert (steps <= tile - overlap).all()
+
+
+@settings(max_examples=500, deadline=None)
+@given(size=st.integers(1, 600), tile=st.integers(2, 128), data=st.data())
+def test_an_extent_runs_on_windows_of_the_whole_run(size, tile, data):
+    """Along one axis: the grown window holds the extent, and every pixel of the extent is
+    blended from the same windows with the same weights as in the whole run."""
+    overlap = data.draw(st.integers(0, tile - 1))
+    start = data.draw(st.integers(0, size - 1))
+    length = data.draw(st.integers(1, size - start))
+    grown, inner = window_on_tile_lattice(Window(start, 0, length, 1), size, 1, tile, overlap)
+    lo, hi = grown.col_off, grown.col_off + grown.width
+    assert lo <= start and start + length <= hi <= size and inner.col_off == start - lo
+
+    def blend(offset: int, length_: int) -> dict[int, set[tuple[int, float]]]:
+        """pixel -> {(window start, weight)} of a run over [offset, offset + length_)."""
+        span = min(tile, length_)
+        seen: dict[int, set[tuple[int, float]]] = {}
+        for s in axis_starts(length_, tile, overlap):
+            weights = taper(span, s == 0, s + span == length_)
+            for i in range(span):
+                seen.setdefault(offset + s + i, set()).add((offset + s, float(weights[i])))
+        return seen
+
+    whole, run = blend(0, size), blend(lo, hi - lo)
+    for pixel in range(start, start + length):
+        assert run[pixel] == whole[pixel]
 
 
 def test_taper_is_positive_and_flat_at_raster_borders():
