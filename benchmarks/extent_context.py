@@ -5,9 +5,9 @@ ways, and compares each extent run's change probability with the same pixels of 
 (largest and mean absolute difference; pixels that change class at the model's threshold):
 
 - the extent alone, the model run over the extent's pixels only (the engine until 2026-11-22);
-- the extent on the whole run's window lattice (the engine now:
-  :func:`swimdiff_geo.inference.tiling.window_on_tile_lattice`), whose extra pixels are read and
-  run but not written.
+- the extent run over the whole run's windows that touch it and one more on each side (the
+  engine now: :func:`swimdiff_geo.inference.tiling.window_on_tile_lattice`), whose extra pixels
+  are read and run but not written.
 
     python benchmarks/extent_context.py /path/to/oscd/.../mumbai/imgs_1 .../mumbai/imgs_2
 """
@@ -55,9 +55,13 @@ def main() -> None:
             print("| extent run | max abs difference | mean abs difference | pixels changing "
                   "class | time |")  # fmt: skip
             print("|---|---|---|---|---|")
-            for name, grow in (("the extent alone", extent_alone), ("on the lattice", lattice)):
+            runs = (
+                ("the extent alone (before)", extent_alone),
+                ("on the whole run's windows (now)", lattice),
+            )
+            for name, grow in runs:
                 change.window_on_tile_lattice = grow
-                part = ChangeOutputs.in_dir(str(Path(tmp) / name.replace(" ", "_")), False)
+                part = ChangeOutputs.in_dir(str(Path(tmp) / grow.__name__), False)
                 started = time.perf_counter()
                 detect_change(args.image_a, args.image_b, part, options)
                 seconds = time.perf_counter() - started
