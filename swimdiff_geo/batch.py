@@ -40,6 +40,7 @@ from typing import Any
 
 from . import __version__
 from .inference.errors import OutputError, SwimdiffError
+from .inference.io import VSI_ARCHIVE, archive_of
 from .inference.outputs import TEMP_PREFIX
 
 MARKER_NAME = ".done.json"
@@ -418,16 +419,12 @@ def _parse_row(
     return Job(str(job_id), task, tuple(images), options, layout, where)
 
 
-# GDAL's path of a file inside an archive: prefix, the archive's own path, the member's path
-_VSI_ARCHIVE = re.compile(r"^(/vsi(?:zip|tar|gzip)/)(.+?\.(?:zip|tar|tgz|tar\.gz|gz))(/.*)?$", re.I)
-
-
 def _resolve(path: str, base: str) -> str:
     """A manifest path made absolute against the manifest's folder ``base``; in GDAL's
     ``/vsizip/archive.zip/member.tif`` the archive's path is (other ``/vsi`` paths, such as
     ``/vsicurl/``, are kept as written)."""
     path = os.path.expanduser(path.strip())
-    archive = _VSI_ARCHIVE.match(path)
+    archive = VSI_ARCHIVE.match(path)
     if archive:
         prefix, archive_path, member = archive.groups()
         return prefix + _resolve(archive_path, base) + (member or "")
@@ -537,9 +534,9 @@ def file_stamp(path: str | None) -> dict[str, Any] | None:
     """
     if path is None:
         return None
-    archive = _VSI_ARCHIVE.match(path)
+    archive = archive_of(path)
     if archive:
-        return {"path": path, "archive": file_stamp(archive.group(2))}
+        return {"path": path, "archive": file_stamp(archive)}
     if path.startswith("/vsi"):
         return {"path": path, "virtual": True}
     try:

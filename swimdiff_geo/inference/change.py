@@ -76,16 +76,17 @@ class ChangeOutputs:
 
     def paths(self) -> list[str]:
         paths = [p for p in (self.probability, self.mask, self.polygons, self.summary) if p]
-        return paths + list(self.style_paths())
+        return paths + [path for path, _ in self.style_paths()]
 
-    def style_paths(self) -> dict[str, str]:
-        """QML sidecar path -> its text, for the rasters that get one."""
+    def style_paths(self) -> list[tuple[str, str]]:
+        """(QML sidecar path, its text) of the rasters that get one; two rasters named alike
+        (x.tif, x.tiff) give one path twice, which the output transaction refuses."""
         if not self.styles:
-            return {}
-        return {
-            sidecar_path(self.probability): CHANGE_PROBABILITY_QML,
-            sidecar_path(self.mask): CHANGE_MASK_QML,
-        }
+            return []
+        return [
+            (sidecar_path(self.probability), CHANGE_PROBABILITY_QML),
+            (sidecar_path(self.mask), CHANGE_MASK_QML),
+        ]
 
 
 @dataclass
@@ -163,7 +164,8 @@ def detect_change(
             [DateInput(a, bands_a, a_offset), DateInput(b_on_grid, bands_b, b_offset)], contract
         )
         crs = crs_info_of(ctx.backend, grid)
-        with OutputTransaction(outputs.paths(), options.overwrite, outputs.stale) as tx:
+        paths = outputs.paths()
+        with OutputTransaction(paths, options.overwrite, outputs.stale, [image_a, image_b]) as tx:
             probability = RasterOutput(
                 ctx,
                 tx,
@@ -251,7 +253,7 @@ def detect_change(
             )
             if outputs.summary:
                 write_json(tx.temp(outputs.summary), summary)
-            for path, text in outputs.style_paths().items():
+            for path, text in outputs.style_paths():
                 write_text(tx.temp(path), text)
             tx.commit()
         return summary

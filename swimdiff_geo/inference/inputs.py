@@ -364,7 +364,7 @@ def extent_window(
         raise InputError(
             None, f"extent CRS {extent_crs!r} is not a CRS (give e.g. EPSG:4326 or a WKT): {exc}"
         ) from exc
-    window = _pixel_window(grid, bounds)
+    window = _pixel_window(grid, bounds) if all(map(math.isfinite, bounds)) else None
     if window is None:
         crs = backend.crs_name(grid.crs_wkt)
         footprint = ", ".join(f"{v:.6g}" for v in grid.bounds)

@@ -14,6 +14,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +23,15 @@ import numpy as np
 
 GeoTransform = tuple[float, float, float, float, float, float]
 IDENTITY_TRANSFORM: GeoTransform = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+# GDAL's path of a file inside an archive: prefix, the archive's own path, the member's path
+VSI_ARCHIVE = re.compile(r"^(/vsi(?:zip|tar|gzip)/)(.+?\.(?:zip|tar|tgz|tar\.gz|gz))(/.*)?$", re.I)
+
+
+def archive_of(path: str) -> str | None:
+    """The archive file behind GDAL's ``/vsizip/archive.zip/member.tif`` (also ``/vsitar/``,
+    ``/vsigzip/``), else None."""
+    match = VSI_ARCHIVE.match(path)
+    return match.group(2) if match else None
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def map_landcover(
             for i in class_ids
             if str(i) in contract.class_colors
         }
-        with OutputTransaction(outputs.paths(), options.overwrite, outputs.stale) as tx:
+        with OutputTransaction(outputs.paths(), options.overwrite, outputs.stale, [image]) as tx:
             classes = RasterOutput(
                 ctx, tx, outputs.landcover,
                 RasterSpec(grid, 1, "uint8", CLASS_NODATA, ["land cover class"],

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import OutputError
+from .io import archive_of
 
 # Temporary folders are named TEMP_PREFIX + host + "-" + PID + "-" + random, so that a later run
 # can tell the folders of a process that was killed outright (SIGKILL, a power cut) and remove
@@ -28,13 +29,21 @@ class OutputTransaction:
     write (the polygons of a run now made without them): they count as existing outputs, and
     the commit removes them, so a folder never mixes two runs. A replaced output's GDAL
     ``.aux.xml`` (statistics QGIS cached for the old pixels) goes with it.
+
+    ``inputs``: the files the job reads. An output path that is one of them, or two outputs on
+    one path, are refused before anything is written (with overwrite, the input would be lost).
     """
 
     def __init__(
-        self, final_paths: Iterable[str], overwrite: bool = False, stale: Iterable[str] = ()
+        self,
+        final_paths: Iterable[str],
+        overwrite: bool = False,
+        stale: Iterable[str] = (),
+        inputs: Iterable[str] = (),
     ) -> None:
         self.final_paths = [os.path.abspath(p) for p in final_paths]
         self.stale = [os.path.abspath(p) for p in stale]
+        self.inputs = list(inputs)
         self.overwrite = overwrite
         self._tmp_dirs: dict[str, str] = {}
         self._created_dirs: list[str] = []
@@ -42,6 +51,7 @@ class OutputTransaction:
         self._committed = False
 
     def __enter__(self) -> OutputTransaction:
+        _refuse_clashes(self.final_paths, self.inputs)
         existing = [p for p in self.final_paths + self.stale if os.path.exists(p)]
         if existing and not self.overwrite:
             raise OutputError(
@@ -49,18 +59,22 @@ class OutputTransaction:
                 + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
                 + "; pass --overwrite (in Python: overwrite=True) to replace"
             )
-        for final in self.final_paths:
-            folder = os.path.dirname(final)
-            if folder not in self._tmp_dirs:
-                self._make_folder(folder)
-                remove_abandoned_temp_dirs(folder)
-                try:
-                    prefix = f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
-                    self._tmp_dirs[folder] = tempfile.mkdtemp(prefix=prefix, dir=folder)
-                except OSError as exc:
-                    self.rollback()
-                    raise OutputError(f"{folder}: cannot write outputs here: {exc}") from exc
-            self._temp_of[final] = os.path.join(self._tmp_dirs[folder], os.path.basename(final))
+        try:  # __exit__ does not run when __enter__ raises: undo the folders made so far here
+            for final in self.final_paths:
+                folder = os.path.dirname(final)
+                if folder not in self._tmp_dirs:
+                    self._make_folder(folder)
+                    remove_abandoned_temp_dirs(folder)
+                    try:
+                        prefix = f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+                        self._tmp_dirs[folder] = tempfile.mkdtemp(prefix=prefix, dir=folder)
+                    except OSError as exc:
+                        raise OutputError(f"{folder}: cannot write outputs here: {exc}") from exc
+                name = os.path.basename(final)
+                self._temp_of[final] = os.path.join(self._tmp_dirs[folder], name)
+        except BaseException:
+            self.rollback()
+            raise
         return self
 
     def _make_folder(self, folder: str) -> None:
@@ -121,6 +135,30 @@ class OutputTransaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._committed:
             self.rollback()
+
+
+def _refuse_clashes(outputs: list[str], inputs: list[str]) -> None:
+    """OutputError for two outputs on one path, or an output on an input's file."""
+    seen: dict[str, str] = {}
+    for path in outputs:
+        key = os.path.normcase(os.path.realpath(path))
+        if key in seen:
+            raise OutputError(
+                f"{path}: two outputs would be written to this one file (a raster's .qml style "
+                "is named after it without its extension, so x.tif and x.tiff share x.qml): "
+                "give the outputs distinct names"
+            )
+        seen[key] = path
+    for source in inputs:
+        local = archive_of(source) or source
+        if local.startswith("/vsi") or not os.path.exists(local):
+            continue  # a remote or missing input: nothing on this disk to overwrite
+        key = os.path.normcase(os.path.realpath(local))
+        if key in seen:
+            raise OutputError(
+                f"{seen[key]}: is an input of this job ({source}); writing there would destroy "
+                "it: give the output another path"
+            )
 
 
 def _remove(path: str) -> None:

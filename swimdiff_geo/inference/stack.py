@@ -202,7 +202,7 @@ def stack_bands(
         )
         # an earlier stack's true-colour style would misname the bands of one without them
         stale = [] if style else [sidecar_path(out)]
-        with OutputTransaction(paths, options.overwrite, stale) as tx:
+        with OutputTransaction(paths, options.overwrite, stale, [path]) as tx:
             scratch = tx.scratch(os.path.basename(out) + ".tiled.tif")
             sink = backend.create(scratch, spec)
             try:

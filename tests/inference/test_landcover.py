@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from swimdiff_geo.cli.main import cli
 
 from swimdiff_geo.inference.contract import read_contract
+from swimdiff_geo.inference.errors import InputError
 from swimdiff_geo.inference.landcover import LandcoverOptions, LandcoverOutputs, map_landcover
-from tests.conftest import LANDCOVER_CLASSES, LANDCOVER_WEIGHTS, LANDSAT_BANDS
+from tests.conftest import LANDCOVER_CLASSES, LANDCOVER_WEIGHTS, LANDSAT_BANDS, SAMPLE_DATA
 from tests.model_builders import (
     classification_contract,
     mean_pool_classifier_model,
@@ -263,6 +264,17 @@ def test_extent_of_a_segmentation_model_that_sees_context_gives_the_whole_runs_p
     with rasterio.open(runs["full"].probabilities) as f:
         with rasterio.open(runs["part"].probabilities) as p:
             np.testing.assert_allclose(p.read(), f.read(window=window), rtol=0, atol=1e-6)
+
+
+def test_metres_given_as_degrees_hold_no_pixel(tmp_path):
+    """A UTM extent read as longitude/latitude (the default --extent-crs) maps nowhere: the run
+    says the image holds no pixel of it, as for any extent outside, instead of crashing."""
+    image = SAMPLE_DATA / "s2_slovenia" / "s2_slovenia_scene3.tif"
+    options = LandcoverOptions(model="s2_landcover_swimdiff",
+                               extent=(465400, 5079500, 465900, 5080000))  # fmt: skip
+    with pytest.raises(InputError, match=r"holds no pixel of the extent 465400, .*\(EPSG:4326\)"):
+        map_landcover(str(image), LandcoverOutputs.in_dir(str(tmp_path / "lc")), options)
+    assert not (tmp_path / "lc").exists()
 
 
 def test_extent_maps_the_window_holding_it(landsat_pair, landsat_segmentation_model, models_dir,

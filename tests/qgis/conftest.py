@@ -41,7 +41,7 @@ def sample_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     opens as layers, which must not land in the repository."""
     _require(SAMPLE_DATA, "sample data folder")
     target = tmp_path_factory.mktemp("sample_data")
-    for folder in ("s2_pair", "landsat_pucallpa", "naip_nd", "s2_cirrus_saclay"):
+    for folder in ("s2_pair", "landsat_pucallpa", "naip_nd", "s2_cirrus_saclay", "s2_slovenia"):
         shutil.copytree(SAMPLE_DATA / folder, target / folder)
     return target
 
@@ -54,6 +54,12 @@ def s2_pair(sample_copy: Path) -> tuple[str, str]:
         str(_require(folder / "s2_date_a.tif", "sample image")),
         str(_require(folder / "s2_date_b.tif", "sample image")),
     )
+
+
+@pytest.fixture(scope="session")
+def s2_slovenia(sample_copy: Path) -> str:
+    """A 13-band Sentinel-2 L1C scene in UTM 33N (EPSG:32633), copied."""
+    return str(_require(sample_copy / "s2_slovenia" / "s2_slovenia_scene3.tif", "sample image"))
 
 
 @pytest.fixture(scope="session")

@@ -274,6 +274,34 @@ def test_extent_in_another_crs_maps_what_the_cli_maps(provider, tmp_path, landsa
     assert ours.shape == theirs.shape and ours.shape != _array(landsat_image).shape[1:]
     np.testing.assert_array_equal(ours, theirs)
     assert _grid(result["OUTPUT"]) == _grid(str(cli / "landcover.tif"))
+    assert json.loads(result["SUMMARY"])["extent"]["crs"] == "EPSG:3857"  # not its WKT
+
+
+def test_extent_typed_without_crs_is_in_the_input_layers_crs(provider, tmp_path, s2_slovenia,
+                                                             main_cli):  # fmt: skip
+    """An EXTENT typed without a CRS is in the input layer's CRS, as for QGIS's own algorithms
+    (here UTM 33N metres; read as longitude/latitude before, it held no pixel)."""
+    from swimdiff_geo.inference.defaults import resolve_model_path
+
+    model = resolve_model_path("s2_landcover_swimdiff")
+    result = _run(
+        "maplandcover",
+        {
+            "INPUT": s2_slovenia,
+            "MODEL": model,
+            "EXTENT": "465400,465900,5079500,5080000",
+            "OUTPUT": str(tmp_path / "typed.tif"),
+        },
+    )
+    assert json.loads(result["SUMMARY"])["extent"]["crs"] == "EPSG:32633"
+    cli = tmp_path / "cli"
+    extent = "--extent=465400,5079500,465900,5080000"
+    done = main_cli("map-landcover", s2_slovenia, "-m", model, "-o", str(cli), "-q", extent,
+                    "--extent-crs", "EPSG:32633")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ours, theirs = _array(result["OUTPUT"]), _array(str(cli / "landcover.tif"))
+    assert ours.shape == (50, 50)
+    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_maplandcover_matches_the_cli(provider, tmp_path, cli_landcover, landsat_image):

@@ -117,18 +117,25 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
             )
         )
 
-    def extent(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+    def extent(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, layer: str
+    ) -> dict[str, Any]:
         """``extent`` and ``extent_crs`` options from EXTENT (nothing when empty): the
-        rectangle in its own CRS (the map canvas's or the layer's it was drawn on)."""
+        rectangle in its own CRS (the map canvas's or the layer's it was drawn on); one typed
+        without a CRS is in the CRS of input layer ``layer``, as for QGIS's own algorithms."""
         if not self.is_set(parameters, "EXTENT"):
             return {}
         rect = self.parameterAsExtent(parameters, "EXTENT", context)
         if rect.isNull() or rect.isEmpty():
             return {}
         crs = self.parameterAsExtentCrs(parameters, "EXTENT", context)
+        if not crs.isValid():
+            source = self.parameterAsRasterLayer(parameters, layer, context)
+            crs = source.crs() if source is not None else crs
         return {
             "extent": (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
-            "extent_crs": crs.toWkt() if crs.isValid() else "EPSG:4326",
+            # "EPSG:32633" reads better in messages and the summary than its WKT
+            "extent_crs": (crs.authid() or crs.toWkt()) if crs.isValid() else "EPSG:4326",
         }
 
     def add_tiling_parameters(self) -> None:

@@ -122,7 +122,7 @@ class DetectChangeAlgorithm(SwimdiffAlgorithm):
             min_area=self.parameterAsDouble(parameters, "MIN_AREA", context),
             overwrite=True,  # QGIS asked the user already; destinations are replaced
             mask_clouds=self.parameterAsBoolean(parameters, "MASK_CLOUDS", context),
-            **self.extent(parameters, context),
+            **self.extent(parameters, context, "INPUT_A"),
         )
         self.engine_origin(feedback)
         summary = self.run_engine(

@@ -122,7 +122,7 @@ class MapLandcoverAlgorithm(SwimdiffAlgorithm):
             min_area=min_area,
             overwrite=True,  # QGIS asked the user already; destinations are replaced
             mask_clouds=self.parameterAsBoolean(parameters, "MASK_CLOUDS", context),
-            **self.extent(parameters, context),
+            **self.extent(parameters, context, "INPUT"),
         )
         self.engine_origin(feedback)
         summary = self.run_engine(

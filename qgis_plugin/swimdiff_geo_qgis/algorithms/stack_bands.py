@@ -84,7 +84,7 @@ class StackBandsAlgorithm(SwimdiffAlgorithm):
             bands=names,
             mask_clouds=self.parameterAsBoolean(parameters, "MASK_CLOUDS", context),
             overwrite=True,  # QGIS asked the user already; destinations are replaced
-            **self.extent(parameters, context),
+            **self.extent(parameters, context, "INPUT"),
         )
         self.engine_origin(feedback)
         summary = self.run_engine(
