@@ -10,13 +10,13 @@ import click
 from swimdiff_geo.inference.band_files import BandStackSource, find_band_files, open_band_stack
 from swimdiff_geo.inference.contract import load_model
 from swimdiff_geo.inference.defaults import bundled_models, resolve_model_path
-from swimdiff_geo.inference.io import RasterBackend, RasterSource
+from swimdiff_geo.inference.io import RasterBackend, RasterSource, is_gdal_name
 
 from .options import handle_errors, parse_bands
 
 
 def _is_onnx(path: str) -> bool:
-    if os.path.isdir(path) or path.startswith("/vsi"):  # GDAL virtual paths are rasters
+    if os.path.isdir(path) or is_gdal_name(path):  # /vsizip/..., GPKG:x.gpkg:t are rasters
         return False
     if path.lower().endswith(".onnx"):
         return True
@@ -150,8 +150,8 @@ def _existing_file_or_bundled_model(
 def _existing_path_or_bundled_model(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> str | None:
-    if value is not None and (os.path.isdir(value) or value.startswith("/vsi")):
-        return value  # a Sentinel-2 product or band folder, or a GDAL virtual path (/vsizip/...)
+    if value is not None and (os.path.isdir(value) or is_gdal_name(value)):
+        return value  # a Sentinel-2 product or band folder, or a dataset name GDAL opens
     return _existing_file_or_bundled_model(ctx, param, value)
 
 

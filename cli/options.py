@@ -15,15 +15,14 @@ from swimdiff_geo.inference.errors import SwimdiffError
 
 def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     """``--bands 2,3,4,8`` -> [2, 3, 4, 8] (1-based raster band indices)."""
+    from swimdiff_geo.inference.inputs import parse_band_numbers
+
     if value is None:
         return None
     try:
-        bands = [int(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise click.BadParameter("expected comma-separated band numbers, e.g. 2,3,4,8") from None
-    if not bands or any(b < 1 for b in bands):
-        raise click.BadParameter("band numbers start at 1")
-    return bands
+        return parse_band_numbers(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def parse_extent_option(

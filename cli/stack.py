@@ -22,12 +22,14 @@ from .options import (
 
 def _band_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
     """``--bands B04,B03,B02`` -> ["B04", "B03", "B02"]."""
+    from swimdiff_geo.inference.inputs import parse_band_names
+
     if value is None:
         return None
-    names = [v for v in value.replace(" ", "").split(",") if v]
-    if not names:
-        raise click.BadParameter("expected comma-separated band names, e.g. B04,B03,B02")
-    return names
+    try:
+        return parse_band_names(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("stack")

@@ -461,19 +461,6 @@ def _number(raw: Any, kind: type, what: str) -> float | int:
     return value
 
 
-def _bands(raw: Any) -> list[int]:
-    items = raw if isinstance(raw, list) else re.split(r"[,;\s]+", str(raw).strip())
-    try:
-        bands = [_number(b, int, "") for b in items if b != ""]
-    except ValueError:
-        raise ValueError(
-            f'expected band numbers separated by commas or spaces (e.g. "2,3,4,8"), got {raw!r}'
-        ) from None
-    if not bands or any(b < 1 for b in bands):
-        raise ValueError(f"band numbers start at 1, got {raw!r}")
-    return [int(b) for b in bands]
-
-
 # Per-option parsing and the ranges the single-job commands enforce (cli/options.py).
 def parse_option(name: str, raw: Any, spec: dataclasses.Field | None, base: str) -> Any:
     """Parse one option cell (string from CSV, or typed from YAML); ``ValueError`` if bad."""
@@ -482,7 +469,9 @@ def parse_option(name: str, raw: Any, spec: dataclasses.Field | None, base: str)
             raise ValueError(f"expected a file path, got {raw!r}")
         return _resolve(raw, base)
     if name == "bands":
-        return _bands(raw)
+        from .inference.inputs import parse_band_numbers
+
+        return parse_band_numbers(raw)
     if name == "extent":
         from .inference.inputs import parse_extent
 

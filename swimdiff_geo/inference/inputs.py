@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -325,12 +326,45 @@ def _pixel_window(grid: Grid, bounds: tuple[float, float, float, float]) -> Wind
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
+def _items(value: str | Sequence[Any]) -> list[Any]:
+    """A list as it is; text split at commas, semicolons and spaces ("1,2", "1 2", "1, 2,")."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [v for v in re.split(r"[,;\s]+", str(value).strip()) if v]
+
+
+def parse_band_numbers(value: str | Sequence[Any]) -> list[int]:
+    """``"2,3,4,8"`` (or ``"2 3 4 8"``, or a list) -> 1-based raster band numbers; ValueError
+    saying what is wrong. The one reading of --bands, QGIS's BANDS and a manifest's bands."""
+    items = _items(value)
+    try:
+        if any(isinstance(b, bool) or (isinstance(b, float) and not b.is_integer()) for b in items):
+            raise ValueError
+        bands = [int(b.strip()) if isinstance(b, str) else int(b) for b in items]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f'expected band numbers separated by commas or spaces (e.g. "2,3,4,8"), got {value!r}'
+        ) from None
+    if not bands or any(b < 1 for b in bands):
+        raise ValueError(f"band numbers start at 1, got {value!r}")
+    return bands
+
+
+def parse_band_names(value: str | Sequence[Any]) -> list[str]:
+    """``"B04,B03,B02"`` (or spaces, or a list) -> band names; ValueError when none is given."""
+    names = [str(n).strip() for n in _items(value) if str(n).strip()]
+    if not names:
+        raise ValueError(
+            f'expected band names separated by commas (e.g. "B04,B03,B02"), got {value!r}'
+        )
+    return names
+
+
 def parse_extent(text: str | Sequence[float]) -> tuple[float, float, float, float]:
     """``"left,bottom,right,top"`` (commas or spaces) or four numbers -> a checked tuple;
     ValueError naming what is wrong."""
-    items = re.split(r"[,;\s]+", text.strip()) if isinstance(text, str) else list(text)
     try:
-        values = tuple(float(v) for v in items if v != "")
+        values = tuple(float(v) for v in _items(text))
     except (TypeError, ValueError):
         values = ()
     if len(values) != 4 or not all(math.isfinite(v) for v in values):

@@ -27,6 +27,13 @@ IDENTITY_TRANSFORM: GeoTransform = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 VSI_ARCHIVE = re.compile(r"^(/vsi(?:zip|tar|gzip)/)(.+?\.(?:zip|tar|tgz|tar\.gz|gz))(/.*)?$", re.I)
 
 
+def is_gdal_name(path: str) -> bool:
+    """Whether ``path`` names a dataset GDAL opens without a local file of that name: a virtual
+    file system path (``/vsizip/...``, ``/vsicurl/...``) or a driver's connection string
+    (``GPKG:/x.gpkg:table``, ``NETCDF:"x.nc":var``; a drive letter such as ``C:`` is not one)."""
+    return path.startswith("/vsi") or re.match(r"^[A-Za-z][A-Za-z0-9_]+:", path) is not None
+
+
 def archive_of(path: str) -> str | None:
     """The archive file behind GDAL's ``/vsizip/archive.zip/member.tif`` (also ``/vsitar/``,
     ``/vsigzip/``), else None."""

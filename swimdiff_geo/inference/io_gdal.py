@@ -26,7 +26,7 @@ import numpy as np
 from osgeo import gdal, gdal_array, ogr, osr
 
 from .errors import InputError, OutputError
-from .io import IDENTITY_TRANSFORM, CrsInfo, Grid, PolygonLayer, RasterSpec, Window
+from .io import IDENTITY_TRANSFORM, CrsInfo, Grid, PolygonLayer, RasterSpec, Window, is_gdal_name
 
 # GDAL resampling names accepted by RasterSpec.overview_resampling, as the COG driver spells them.
 _OVERVIEW_RESAMPLING = {
@@ -224,7 +224,7 @@ class GdalBackend:
 
     # -- inputs -----------------------------------------------------------------------------
     def _open_dataset(self, path: str) -> gdal.Dataset:
-        if not path.startswith("/vsi"):  # GDAL virtual file systems have no local file
+        if not is_gdal_name(path):  # virtual file systems, connection strings: no local file
             if not Path(path).exists():
                 raise InputError(path, "file not found")
             if Path(path).is_dir():

@@ -22,7 +22,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
 
 from .errors import InputError, OutputError
-from .io import CrsInfo, Grid, PolygonLayer, RasterSpec, Window
+from .io import CrsInfo, Grid, PolygonLayer, RasterSpec, Window, is_gdal_name
 
 # Bounded GDAL block cache (MB): the engine streams and never needs a large cache, while GDAL's
 # default (5% of RAM) would dominate peak memory on big machines. GDAL reads the variable when it
@@ -133,7 +133,7 @@ class RasterioBackend:
     name = "rasterio"
 
     def _open_dataset(self, path: str) -> Any:
-        if not path.startswith("/vsi"):  # GDAL virtual file systems have no local file
+        if not is_gdal_name(path):  # virtual file systems, connection strings: no local file
             if not os.path.exists(path):
                 raise InputError(path, "file not found")
             if os.path.isdir(path):

@@ -63,7 +63,7 @@ def _chosen_bands(source: RasterSource, wanted: Sequence[str] | None) -> list[st
         )
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ValueError(f"bands named twice: {', '.join(twice)}")
+        raise ValueError(f"--bands names {', '.join(twice)} twice")
     return names
 
 

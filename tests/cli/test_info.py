@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import zipfile
 
+import rasterio
+import rasterio.shutil
 from click.testing import CliRunner
 from swimdiff_geo.cli.main import cli
 
@@ -45,6 +47,18 @@ def test_info_on_a_raster_inside_a_zip(s2_pair, tmp_path):
     assert facts["count"] == 13 and facts["fits_model"]["fits"]
     result = CliRunner().invoke(cli, ["info", f"/vsizip/{archive}/missing.tif"])
     assert result.exit_code == 1 and "missing.tif" in result.output
+
+
+def test_info_on_a_raster_table_of_a_geopackage(landsat_pair, tmp_path):
+    """A driver's dataset name (``GPKG:file:table``) opens as GDAL opens it (no local file of
+    that name to check first)."""
+    gpkg = tmp_path / "rasters.gpkg"
+    # (rasterio upper-cases creation option values: the table is L2020)
+    rasterio.shutil.copy(str(landsat_pair[1]), str(gpkg), driver="GPKG", RASTER_TABLE="L2020",
+                         TILE_FORMAT="PNG")  # fmt: skip
+    result = CliRunner().invoke(cli, ["info", f"GPKG:{gpkg}:L2020", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["count"] == 4
 
 
 def test_info_takes_bundled_model_names(s2_pair):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -304,6 +305,23 @@ def test_extent_typed_without_crs_is_in_the_input_layers_crs(provider, tmp_path,
     np.testing.assert_array_equal(ours, theirs)
 
 
+def test_a_raster_table_of_a_geopackage_is_read_as_its_layer(provider, tmp_path, landsat_image):
+    """A layer of one raster table of a GeoPackage (``GPKG:/x.gpkg:table``) is read as that
+    table, as GDAL opens it, not as the file's path (which names no raster of its own)."""
+    from qgis.core import QgsRasterLayer
+
+    gpkg = tmp_path / "rasters.gpkg"
+    for table in ("l2020", "other"):
+        options = [f"RASTER_TABLE={table}", "TILE_FORMAT=PNG"]
+        options += ["APPEND_SUBDATASET=YES"] if gpkg.exists() else []
+        assert gdal.Translate(str(gpkg), landsat_image, format="GPKG", creationOptions=options)
+    layer = QgsRasterLayer(f"GPKG:{gpkg}:l2020", "l2020")
+    assert layer.isValid() and layer.bandCount() == 4
+    from_table = _run("maplandcover", {"INPUT": layer, "OUTPUT": str(tmp_path / "gpkg.tif")})
+    from_tif = _run("maplandcover", {"INPUT": landsat_image, "OUTPUT": str(tmp_path / "tif.tif")})
+    np.testing.assert_array_equal(_array(from_table["OUTPUT"]), _array(from_tif["OUTPUT"]))
+
+
 def test_maplandcover_matches_the_cli(provider, tmp_path, cli_landcover, landsat_image):
     result = _run(
         "maplandcover",
@@ -516,7 +534,8 @@ def test_bands_parameter_maps_raster_bands(provider, tmp_path, s2_pair, landsat_
     )
     assert not np.array_equal(_array(swapped["OUTPUT"]), _array(by_description["OUTPUT"]))
     for bad, expected in (("1,2", "BANDS lists 2 bands but the model takes 13"),
-                          ("1,x", "BANDS: '1,x' is not a comma-separated list")):  # fmt: skip
+                          ("1,x", "BANDS: expected band numbers separated by commas or spaces"),
+                          ("1 2 3", "BANDS lists 3 bands but the model takes 13")):  # fmt: skip
         with pytest.raises(QgsProcessingException, match=expected):
             _run(
                 "detectchange",
@@ -539,6 +558,11 @@ def test_bands_parameter_maps_raster_bands(provider, tmp_path, s2_pair, landsat_
             r"OUTPUT_MASK: .*m\.img: .*GeoTIFF; give a path ending in \.tif",
         ),
         ({"OUTPUT_MASK": "p.tif"}, r"OUTPUT_PROBABILITY and OUTPUT_MASK are the same file"),
+        (  # what "Save to GeoPackage..." in the output widget gives
+            {"OUTPUT_POLYGONS": "ogr:dbname='{tmp}/project.gpkg' table=\"changes\" (geom)"},
+            r"OUTPUT_POLYGONS: ogr:.*a GeoPackage file of their own, not into a layer",
+        ),
+        ({"OUTPUT_MASK": "same.tiff", "OUTPUT_PROBABILITY": "same.tif"}, r"same\.qml: two outputs"),
     ],
 )
 def test_output_paths_the_engine_cannot_write_are_refused(
@@ -552,11 +576,25 @@ def test_output_paths_the_engine_cannot_write_are_refused(
         **outputs,
     }
     for key in ("OUTPUT_PROBABILITY", "OUTPUT_MASK", "OUTPUT_POLYGONS"):
-        if key in parameters:
+        if key in parameters and "{tmp}" in parameters[key]:
+            parameters[key] = parameters[key].format(tmp=tmp_path)
+        elif key in parameters:
             parameters[key] = str(tmp_path / parameters[key])
     with pytest.raises(QgsProcessingException, match=expected):
         _run("detectchange", parameters)
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_an_output_picked_on_an_input_is_refused_and_the_input_kept(provider, tmp_path, s2_pair):
+    """QGIS passes overwrite (it asked already): an output on image A would have replaced it."""
+    a = tmp_path / "a.tif"
+    shutil.copy(s2_pair[0], a)
+    before = a.read_bytes()
+    with pytest.raises(QgsProcessingException, match=rf"{a}: is an input of this job"):
+        _run("detectchange", {"INPUT_A": str(a), "INPUT_B": s2_pair[1],
+                              "OUTPUT_PROBABILITY": str(a),
+                              "OUTPUT_MASK": str(tmp_path / "m.tif")})  # fmt: skip
+    assert a.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["a.tif"]
 
 
 def test_the_plugin_never_imports_torch_or_rasterio(plugin_change):

@@ -153,7 +153,7 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
             type=QgsProcessingParameterNumber.Double,
             optional=True,
             minValue=0.0,
-            maxValue=99.0,
+            maxValue=99.99,  # the CLI's range is [0, 100)
         )
         for parameter in (tile, overlap):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -189,6 +189,12 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
     ) -> str | None:
         """The OUTPUT_POLYGONS file (None when skipped); refused unless a GeoPackage."""
         polygons = self.output_path(parameters, "OUTPUT_POLYGONS", context)
+        if polygons is not None and re.match(r"^(ogr|memory|postgres|spatialite):", polygons):
+            raise QgsProcessingException(
+                f"OUTPUT_POLYGONS: {polygons}: {what} are written as a GeoPackage file of their "
+                "own, not into a layer of an existing GeoPackage, a temporary layer or a "
+                "database table: choose 'Save to File...' with a name ending in .gpkg"
+            )
         if polygons is not None and not polygons.lower().endswith(".gpkg"):
             raise QgsProcessingException(
                 f"OUTPUT_POLYGONS: {polygons}: {what} are written as a GeoPackage file; give a "
@@ -222,15 +228,15 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
 
     def bands(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[int] | None:
         """BANDS as a list of 1-based band numbers, None when empty."""
+        from swimdiff_geo.inference.inputs import parse_band_numbers
+
         text = self.parameterAsString(parameters, "BANDS", context).strip()
         if not text:
             return None
         try:
-            return [int(part) for part in text.replace(" ", "").split(",")]
-        except ValueError:
-            raise QgsProcessingException(
-                f"BANDS: {text!r} is not a comma-separated list of band numbers (e.g. 2,3,4,8)"
-            ) from None
+            return parse_band_numbers(text)
+        except ValueError as exc:
+            raise QgsProcessingException(f"BANDS: {exc}") from None
 
     def raster_path(
         self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
@@ -246,7 +252,9 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
                 "Save it as a GeoTIFF first (Raster > Conversion > Translate)."
             )
         decoded = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
-        if not decoded.get("path"):
+        if not decoded.get("path") or decoded.get("layerName"):
+            # a raster table of a GeoPackage, a variable of a NetCDF file ("GPKG:/x.gpkg:t"):
+            # GDAL opens the source as QGIS wrote it, and the path alone is another raster
             return layer.source()
         # a file inside an archive (/vsizip/...) or a Sentinel-2 product's subdataset: decodeUri
         # splits the GDAL name into prefix, archive and suffix; the engine needs all of it
@@ -312,8 +320,8 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
             message = qgis_terms(message)
             if message.startswith("warning"):
                 feedback.pushWarning(message)  # shown highlighted in the log
-            else:
-                feedback.pushInfo(message)
+            else:  # in the log an information line needs no "info: " label
+                feedback.pushInfo(message.removeprefix("info: "))
 
         try:
             return job(
@@ -324,9 +332,8 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
                 **kwargs,
             )
         except CancelledError as exc:
-            raise QgsProcessingException(
-                self.tr("Cancelled: partial outputs were removed.") + f" ({exc})"
-            ) from exc
+            message = self.tr("Cancelled: partial outputs were removed.")
+            raise QgsProcessingException(message) from exc
         except SwimdiffError as exc:
             raise QgsProcessingException(qgis_terms(str(exc))) from exc
         except ValueError as exc:  # option validation in the engine (threshold, tile size)

@@ -73,12 +73,14 @@ class StackBandsAlgorithm(SwimdiffAlgorithm):
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         self.check_dependencies()
+        from swimdiff_geo.inference.inputs import parse_band_names
         from swimdiff_geo.inference.stack import StackOptions, stack_bands
 
         text = self.parameterAsString(parameters, "BANDS", context).strip()
-        names = [part for part in text.replace(" ", "").split(",") if part] or None
-        if text and not names:
-            raise QgsProcessingException(f"BANDS: {text!r} names no band (e.g. B04,B03,B02)")
+        try:
+            names = parse_band_names(text) if text else None
+        except ValueError as exc:
+            raise QgsProcessingException(f"BANDS: {exc}") from None
         out = self.raster_output(parameters, "OUTPUT", context)
         options = StackOptions(
             bands=names,
