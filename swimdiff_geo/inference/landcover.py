@@ -93,7 +93,16 @@ class LandcoverOutputs:
 
     def paths(self) -> list[str]:
         files = (self.landcover, self.areas_csv, self.polygons, self.probabilities, self.summary)
-        return [p for p in files if p] + ([sidecar_path(self.landcover)] if self.styles else [])
+        sidecars = [sidecar_path(self.landcover)] if self.styles else []
+        if self.areas_csv:
+            sidecars.append(csv_types_path(self.areas_csv))
+        return [p for p in files if p] + sidecars
+
+
+def csv_types_path(csv_path: str) -> str:
+    """The ``.csvt`` beside a CSV file: its column types, which QGIS and GDAL read, so that the
+    class areas open as numbers (sortable), not text."""
+    return os.path.splitext(csv_path)[0] + ".csvt"
 
 
 @dataclass
@@ -238,7 +247,9 @@ def map_landcover(
                 probs.finish()
             table = _class_table(counter, class_ids, contract.class_names)
             if outputs.areas_csv:
-                _write_areas_csv(tx.temp(outputs.areas_csv), table)
+                _write_areas_csv(
+                    tx.temp(outputs.areas_csv), tx.temp(csv_types_path(outputs.areas_csv)), table
+                )
             summary = {
                 "inputs": {"image": input_path(image)},
                 "model": model_summary(ctx.model),
@@ -381,7 +392,12 @@ def _class_table(counter: AreaCounter, class_ids: list[int], class_names: dict[s
     return table
 
 
-def _write_areas_csv(path: str, table: list[dict[str, Any]]) -> None:
+def _write_areas_csv(path: str, types_path: str, table: list[dict[str, Any]]) -> None:
+    """The class table as CSV, and its column types as the .csvt GDAL and QGIS read (areas
+    are None, an empty cell, when the image is not georeferenced)."""
+    kinds = {int: "Integer", str: "String"}
+    types = [kinds.get(type(value), "Real") for value in table[0].values()]
+    write_text(types_path, ",".join(f'"{t}"' for t in types) + "\n")
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(table[0]))
         writer.writeheader()

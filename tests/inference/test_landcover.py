@@ -63,6 +63,12 @@ def test_class_map_areas_and_polygons(landsat_pair, landsat_segmentation_model, 
     assert sum(float(r["percent_of_valid_area"]) for r in rows) == pytest.approx(100.0)
     for r in rows:
         assert float(r["area_ha"]) == pytest.approx(float(r["area_m2"]) / 1e4)
+    # with its .csvt the table opens typed (numbers sort as numbers in QGIS)
+    with fiona.open(outputs.areas_csv) as table:
+        assert dict(table.schema["properties"]) == {
+            "class_id": "int32", "class_name": "str", "pixels": "int32",
+            "area_m2": "float", "area_ha": "float", "percent_of_valid_area": "float",
+        }  # fmt: skip
     with fiona.open(outputs.polygons) as layer:
         features = list(layer)
     per_class = {}
@@ -79,8 +85,8 @@ def test_class_map_areas_and_polygons(landsat_pair, landsat_segmentation_model, 
     map_landcover(str(image), lean, LandcoverOptions(model=str(landsat_segmentation_model),
                                                      overwrite=True))  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "lc").iterdir()) == [
-        "class_areas.csv", "landcover.qml", "landcover.tif", "landcover.tif.aux.xml",
-        "summary.json",
+        "class_areas.csv", "class_areas.csvt", "landcover.qml", "landcover.tif",
+        "landcover.tif.aux.xml", "summary.json",
     ]  # fmt: skip
 
 
