@@ -25,31 +25,7 @@ def _is_onnx(path: str) -> bool:
 
 
 def model_info(path: str) -> dict:
-    model = load_model(path, device="cpu")
-    c = model.contract
-    inp, out = model.session.get_inputs()[0], model.session.get_outputs()[0]
-    return {
-        "path": path,
-        "name": c.name,
-        "description": c.description,
-        "model_type": c.model_type,
-        "format_version": c.format_version,
-        "bands": c.bands,
-        "num_dates": c.num_dates,
-        "input": {"name": inp.name, "shape": inp.shape},
-        "output": {"name": out.name, "shape": out.shape},
-        "input_scale": c.input_scale,
-        "standardization_mean": c.standardization_mean,
-        "standardization_std": c.standardization_std,
-        "tile_size": c.tile_size,
-        "tiles_overlap_percent": c.tiles_overlap,
-        "resolution_cm": c.resolution,
-        "threshold": c.threshold,
-        "class_names": c.class_names,
-        "class_colors": c.class_colors,
-        "nodata_policy": c.nodata_policy,
-        **({"extra": c.extra} if c.extra else {}),
-    }
+    return load_model(path, device="cpu").describe()
 
 
 def band_files_info(backend: RasterBackend, stack: BandStackSource) -> dict:

@@ -167,6 +167,35 @@ class LoadedModel:
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
 
+    def describe(self) -> dict[str, Any]:
+        """The model's metadata for people (``swimdiff-geo info``, QGIS's Model information):
+        keys name their units (``resolution_cm``, ``tiles_overlap_percent``)."""
+        c = self.contract
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        return {
+            "path": self.path,
+            "name": c.name,
+            "description": c.description,
+            "model_type": c.model_type,
+            "format_version": c.format_version,
+            "bands": c.bands,
+            "num_dates": c.num_dates,
+            "input": {"name": inp.name, "shape": inp.shape},
+            "output": {"name": out.name, "shape": out.shape},
+            "input_scale": c.input_scale,
+            "standardization_mean": c.standardization_mean,
+            "standardization_std": c.standardization_std,
+            "tile_size": c.tile_size,
+            "tiles_overlap_percent": c.tiles_overlap,
+            "resolution_cm": c.resolution,
+            "threshold": c.threshold,
+            "class_names": c.class_names,
+            "class_colors": c.class_colors,
+            "nodata_policy": c.nodata_policy,
+            "providers": list(self.providers),
+            **({"extra": c.extra} if c.extra else {}),
+        }
+
 
 def _providers(device: str) -> list[str]:
     import onnxruntime as ort

@@ -399,7 +399,7 @@ def test_maplandcover_minimum_mapping_unit_matches_the_cli(
     assert json.loads(result["SUMMARY"])["min_area_m2"] == 50000
 
 
-def test_modelinfo_reports_the_bundled_model(provider):
+def test_modelinfo_reports_the_bundled_model(provider, main_cli):
     import onnxruntime
 
     result = _run("modelinfo", {})
@@ -410,6 +410,12 @@ def test_modelinfo_reports_the_bundled_model(provider):
     assert result["TILE_SIZE"] == json.loads(raw["tile_size"])
     metadata = json.loads(result["METADATA"])
     assert metadata["input"]["name"] == session.get_inputs()[0].name
+    # the description `swimdiff-geo info` prints, keys naming their units
+    cli = main_cli("info", result["MODEL"], "--json")
+    assert cli.returncode == 0, cli.stderr
+    described = json.loads(cli.stdout)
+    assert metadata.keys() == described.keys() and metadata["resolution_cm"] == 1000.0
+    assert metadata["tiles_overlap_percent"] == described["tiles_overlap_percent"] == 25.0
 
 
 def test_cancelling_leaves_no_output_files(provider, tmp_path, s2_pair):

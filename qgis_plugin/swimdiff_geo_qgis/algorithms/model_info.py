@@ -69,15 +69,8 @@ class ModelInfoAlgorithm(SwimdiffAlgorithm):
         except SwimdiffError as exc:
             raise QgsProcessingException(str(exc)) from exc
         contract = model.contract
-        inputs = model.session.get_inputs()
-        outputs = model.session.get_outputs()
-        metadata = {
-            "path": path,
-            **json.loads(json.dumps(contract.__dict__, default=str)),
-            "input": {"name": inputs[0].name, "shape": [str(d) for d in inputs[0].shape]},
-            "output": {"name": outputs[0].name, "shape": [str(d) for d in outputs[0].shape]},
-            "providers": list(model.providers),
-        }
+        # what `swimdiff-geo info` prints, keys with their units (shapes: "N" for batch axes)
+        metadata = json.loads(json.dumps(model.describe(), default=str))
         feedback.pushInfo(f"Model: {path}")
         for key, value in metadata.items():
             if key == "path" or value in ({}, [], "", None):
