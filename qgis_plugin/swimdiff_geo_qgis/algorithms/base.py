@@ -72,10 +72,16 @@ class SwimdiffAlgorithm(QgsProcessingAlgorithm):
 
     # -- parameters ---------------------------------------------------------------------
     def add_model_parameter(self, description: str) -> None:
+        """MODEL (optional): an ONNX file; the other bundled models (docs/models.md) are files
+        in the plugin's folder, which the description says where to find."""
         self.addParameter(
             QgsProcessingParameterFile(
                 "MODEL",
-                self.tr(description),
+                self.tr(description)
+                + self.tr(
+                    "; the bundled models, e.g. s2_landcover_swimdiff.onnx, are in the plugin's "
+                    "folder vendor/swimdiff_geo/default_models"
+                ),
                 behavior=QgsProcessingParameterFile.File,
                 fileFilter=ONNX_FILTER,
                 optional=True,
