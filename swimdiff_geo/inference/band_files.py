@@ -216,6 +216,13 @@ def _from_zip(path: str) -> BandFiles:
     with archive:
         members = [m for m in archive.namelist() if not m.endswith("/")]
         roots = [m for m in members if os.path.basename(m) in PRODUCT_METADATA]
+        if not roots and any(os.path.basename(m) == "data.pkl" for m in members):
+            raise InputError(  # torch.save writes a ZIP holding data.pkl
+                path,
+                "is a PyTorch checkpoint, not imagery or an ONNX model: export it to ONNX "
+                "first (swimdiff-geo export CHECKPOINT -o model.onnx) and use that file as the "
+                "model",
+            )
         if not roots:
             raise InputError(
                 path,

@@ -86,3 +86,15 @@ def test_info_warns_when_a_raster_fits_the_bands_but_not_the_units(s2_pair, tmp_
     assert result.exit_code == 0, result.output
     fit = json.loads(result.output)["fits_model"]
     assert fit["fits"] and fit["units_warning"].startswith(f"{reflectance}: pixel values look ")
+
+
+def test_info_on_a_training_checkpoint_says_to_export_it(tmp_path):
+    """torch.save writes a ZIP: ``info best.ckpt`` said "a ZIP without a Sentinel-2 product"."""
+    import torch
+
+    checkpoint = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, checkpoint)
+    result = CliRunner().invoke(cli, ["info", str(checkpoint)])
+    assert result.exit_code == 1
+    assert f"{checkpoint}: is a PyTorch checkpoint" in result.output
+    assert "swimdiff-geo export" in result.output
