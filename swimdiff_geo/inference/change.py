@@ -44,7 +44,13 @@ from .jobs import (
     write_text,
 )
 from .outputs import OutputTransaction
-from .qml import CHANGE_MASK_QML, CHANGE_PROBABILITY_QML, sidecar_path
+from .qml import (
+    CHANGE_MASK_QML,
+    CHANGE_POLYGONS_QML,
+    CHANGE_PROBABILITY_QML,
+    embed_default_style,
+    sidecar_path,
+)
 from .tiling import window_on_tile_lattice
 
 PROBABILITY_NODATA = -1.0
@@ -245,6 +251,10 @@ def detect_change(
                 )  # fmt: skip
                 if layer is not None:
                     ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
+                    if outputs.styles:
+                        embed_default_style(
+                            tx.temp(outputs.polygons), "change_polygons", CHANGE_POLYGONS_QML
+                        )
                     n_polygons = n_regions
             probability.finish()
             mask.finish()

@@ -54,7 +54,7 @@ from .jobs import (
     write_text,
 )
 from .outputs import OutputTransaction
-from .qml import landcover_qml, sidecar_path
+from .qml import embed_default_style, landcover_polygons_qml, landcover_qml, sidecar_path
 from .tiling import pad_to_tile, window_on_tile_lattice
 
 CLASS_NODATA = 255
@@ -241,6 +241,9 @@ def map_landcover(
                 )
                 if layer is not None:
                     ctx.backend.write_polygons(tx.temp(outputs.polygons), layer)
+                    if outputs.styles:
+                        style = landcover_polygons_qml(contract.class_names, contract.class_colors)
+                        embed_default_style(tx.temp(outputs.polygons), "landcover", style)
                     n_polygons = n_regions
             classes.finish()
             if probs is not None:

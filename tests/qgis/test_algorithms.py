@@ -762,3 +762,30 @@ def test_thin_cirrus_over_one_date_is_a_warning_naming_the_file(provider, tmp_pa
     assert "median is 50 against 19" in warning and "MASK_CLOUDS" in warning
     assert "--" not in warning
     assert Path(result["OUTPUT_MASK"]).is_file()
+
+
+def test_cli_polygons_open_styled_in_qgis(cli_change, landsat_image, main_cli, tmp_path):
+    """The polygons carry their default style inside the GeoPackage: change regions outlined in
+    the mask's red, land-cover regions filled with the model's class colours and names, as the
+    class map shows them (a .qml beside landcover.gpkg would be the class map's landcover.qml)."""
+    from qgis.core import (
+        QgsCategorizedSymbolRenderer,
+        QgsRasterLayer,
+        QgsSingleSymbolRenderer,
+        QgsVectorLayer,
+    )
+
+    change = QgsVectorLayer(str(cli_change / "change_polygons.gpkg"), "change", "ogr")
+    assert change.isValid() and isinstance(change.renderer(), QgsSingleSymbolRenderer)
+    assert change.renderer().symbol().symbolLayer(0).strokeColor().name() == "#e61e1e"
+    out = tmp_path / "lc"
+    result = main_cli("map-landcover", landsat_image, "-o", str(out), "-q", "--polygons")
+    assert result.returncode == 0, result.stderr
+    polygons = QgsVectorLayer(str(out / "landcover.gpkg"), "landcover", "ogr")
+    renderer = polygons.renderer()
+    assert polygons.isValid() and isinstance(renderer, QgsCategorizedSymbolRenderer)
+    assert renderer.classAttribute() == "class_id"
+    classes = QgsRasterLayer(str(out / "landcover.tif"), "classes")  # kept: owns its renderer
+    expected = [(c.label, c.color.name()) for c in classes.renderer().classes()]
+    got = [(c.label(), c.symbol().color().name()) for c in renderer.categories()]
+    assert got == expected
