@@ -2,11 +2,16 @@
 
 Options come from three layers, later ones winning: built-in defaults (docs/pretraining.md),
 ``--config FILE`` (YAML with the same option names, dashes or underscores), then the command
-line. torch and Lightning are imported only when the command runs.
+line. Values from the file go through the same types and ranges as the flags. torch and
+Lightning are imported only when the command runs.
+
+Exit status: 0 done, 1 bad data or a run folder in the way, 2 bad options, 143 stopped by
+SIGTERM (after writing last.ckpt).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,7 @@ from typing import Any
 import click
 
 FORMATS = ("auto", "oscd", "manifest", "folder", "ssl4eo")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
@@ -315,7 +321,10 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps.")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=None, help="Stop after N epochs.")
 @click.option(
-    "--accelerator", default=None, help="cpu, gpu, auto (Lightning names).  [default: auto]"
+    "--accelerator",
+    type=click.Choice(ACCELERATORS),
+    default=None,
+    help="Lightning accelerator.  [default: auto]",
 )
 @click.option(
     "--devices",
@@ -367,6 +376,12 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     default=None,
     help="Checkpoint to continue from, or 'auto' for OUT/last.ckpt if present.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    default=None,
+    help="Start over in an --out that holds an earlier run (its files are replaced).",
+)
 @click.option("--seed", type=int, default=None, help="Random seed.  [default: 0]")
 @click.option(
     "--progress-bar/--no-progress-bar",
@@ -404,7 +419,7 @@ def pretrain(config_file: str | None, fmt: str | None, **options: Any) -> None:
         if not isinstance(loaded, dict):
             raise click.UsageError(f"{config_file}: expected a mapping of option: value")
         loaded.pop("resolved", None)  # a previous run's config.yaml can be reused as is
-        values.update(loaded)
+        values.update(_config_values(click.get_current_context(), config_file, loaded))
     if fmt is not None:
         options["format"] = fmt
     values.update({k: v for k, v in options.items() if v is not None})
@@ -413,9 +428,54 @@ def pretrain(config_file: str | None, fmt: str | None, **options: Any) -> None:
         cfg.validate()
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         out = run_pretrain(cfg)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    except SIGTERMException:
+        # Lightning's SystemExit carries no code (status 0): a scheduler must see the kill.
+        click.echo("pretraining stopped by SIGTERM; continue with --resume auto", err=True)
+        sys.exit(128 + signal.SIGTERM)
     click.echo(f"pretraining done: {out / 'encoder.pt'}")
+
+
+def _config_values(ctx: click.Context, source: str, loaded: dict[str, Any]) -> dict[str, Any]:
+    """The ``--config`` file's values, converted and range-checked as their flags would be.
+
+    Keys may use dashes or underscores; null means the option's default. Raises UsageError
+    naming the file and the key.
+    """
+    params = {p.name: p for p in ctx.command.params if p.name and p.name != "config_file"}
+    params["format"] = params.pop("fmt")
+    values: dict[str, Any] = {}
+    unknown = []
+    for key, value in loaded.items():
+        name = str(key).replace("-", "_")
+        param = params.get(name)
+        if param is None:
+            unknown.append(name)
+            continue
+        if value is None:
+            continue
+        if isinstance(value, list) and param.callback in (_floats, _bands):
+            value = ",".join(str(v) for v in value)  # YAML lists read like the flag's text
+        if isinstance(value, dict | list):
+            raise click.UsageError(f"{source}: {key}: expected a single value, got {value!r}")
+        try:
+            if isinstance(param, click.Option) and param.is_flag and not param.is_bool_flag:
+                converted = click.BOOL.convert(value, param, ctx)
+            else:
+                converted = param.type.convert(value, param, ctx)
+            if param.callback is not None:
+                converted = param.callback(ctx, param, converted)
+        except click.BadParameter as exc:
+            raise click.UsageError(f"{source}: {key}: {exc.format_message()}") from None
+        except (TypeError, ValueError) as exc:
+            raise click.UsageError(f"{source}: {key}: invalid value {value!r} ({exc})") from None
+        values[name] = converted
+    if unknown:
+        raise click.UsageError(f"{source}: unknown option(s) {', '.join(sorted(unknown))}")
+    return values

@@ -16,7 +16,8 @@ Rasters are never loaded whole: every sample is a windowed read. Four source lay
 
 A sample is a dict: ``view1``/``view2`` float32 (C, w, w) scaled bands (DN * input_scale),
 ``scene_id`` int64, ``date1``/``date2`` strings, ``source`` int (index into ``sources``),
-``window`` int64 (row, col) of view1's top-left pixel. With ``temporal=True`` view2 is
+``window`` int64 (row, col) of view1's top-left pixel, ``valid`` bool (w, w): view1's pixels that
+are not nodata (see :func:`valid_pixels`). With ``temporal=True`` view2 is
 the same place at another date of the scene (when the scene has one), else the same window.
 Augmentation happens later, on the batch (:mod:`swimdiff_geo.data.augment`).
 """
@@ -61,11 +62,28 @@ __all__ = [
     "compute_band_stats",
     "detect_format",
     "normalize_band_name",
+    "valid_pixels",
 ]
 
 
 class PretrainDataError(ValueError):
     """Bad pretraining input: the message names the file and what is wrong."""
+
+
+def valid_pixels(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Bool (H, W) mask of the valid pixels of raw values ``data`` (C, H, W).
+
+    A pixel is nodata when any band is NaN or all its bands equal ``nodata`` (0 when None:
+    Sentinel-2 L1C's fill value).
+    """
+    fill = 0.0 if nodata is None else nodata
+    return ~(np.isnan(data).any(axis=0) | (data == np.float32(fill)).all(axis=0))
+
+
+def _coarse_shape(shape: tuple[int, int], max_px: int) -> tuple[int, int]:
+    """The shape of a decimated read of a ``shape`` raster with at most ``max_px`` per side."""
+    factor = max(1, -(-max(shape) // max_px))
+    return -(-shape[0] // factor), -(-shape[1] // factor)
 
 
 def parse_date(text: str) -> str | None:
@@ -128,6 +146,18 @@ class RasterSource:
         """Raw values float32 (C, window.height, window.width)."""
         raise NotImplementedError
 
+    def coarse(self, max_px: int = 128) -> np.ndarray:
+        """The whole raster decimated (nearest) to at most ``max_px`` pixels per side.
+
+        Used to find rasters without valid pixels before training. This fallback reads the
+        raster whole; subclasses read decimated.
+        """
+        h, w = _coarse_shape(self.shape, max_px)
+        full = self.read(Window(0, 0, self.shape[1], self.shape[0]))
+        rows = np.linspace(0, self.shape[0] - 1, h).round().astype(int)
+        cols = np.linspace(0, self.shape[1] - 1, w).round().astype(int)
+        return full[:, rows][:, :, cols]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, scene={self.scene!r}, date={self.date})"
 
@@ -154,7 +184,9 @@ class GeoTiffSource(RasterSource):
     """A multi-band GeoTIFF (one scene, one date).
 
     Bands are matched by their descriptions (``B02``, ``B8A``, ...). A file without band
-    descriptions is taken to hold ``default_bands`` in order when its band count matches.
+    descriptions is taken to hold ``default_bands`` (the band spec's) in order when its band
+    count matches, else ``bands`` in order when its count matches theirs. ``nodata`` is used
+    when the file declares no nodata value.
     """
 
     def __init__(
@@ -174,13 +206,16 @@ class GeoTiffSource(RasterSource):
                 descriptions = list(src.descriptions)
                 count, self.shape = src.count, (src.height, src.width)
                 self.transform, self.crs = src.transform, src.crs
-                self.nodata = src.nodata if nodata is None else nodata
+                # The file's own declaration is the more specific one: --nodata fills the gap.
+                self.nodata = src.nodata if src.nodata is not None else nodata
         except rasterio.errors.RasterioIOError as exc:
             raise PretrainDataError(f"{self.path}: not a readable raster ({exc})") from exc
         if all(descriptions):
             names = descriptions
         elif count == len(default_bands):
             names = list(default_bands)
+        elif bands is not None and count == len(bands):
+            names = list(bands)
         elif bands is None:
             names = [f"band{i + 1}" for i in range(count)]
         else:
@@ -194,6 +229,14 @@ class GeoTiffSource(RasterSource):
     def read(self, window: Window) -> np.ndarray:
         src = _open_cached(self.path)
         return src.read(self._indexes, window=window).astype(np.float32, copy=False)
+
+    def coarse(self, max_px: int = 128) -> np.ndarray:
+        h, w = _coarse_shape(self.shape, max_px)
+        src = _open_cached(self.path)
+        shape = (len(self._indexes), h, w)
+        return src.read(self._indexes, out_shape=shape, resampling=Resampling.nearest).astype(
+            np.float32, copy=False
+        )
 
 
 class BandFilesSource(RasterSource):
@@ -227,7 +270,7 @@ class BandFilesSource(RasterSource):
             for p in self._paths:
                 src = _open_cached(p)
                 band_shapes.append((src.height, src.width))
-                if nodata is None and src.nodata is not None:
+                if src.nodata is not None:  # the files' declaration wins over --nodata
                     nodata = src.nodata
         self._shapes = list(band_shapes)
         self._ref = int(np.argmax([h * w for h, w in self._shapes]))
@@ -269,6 +312,13 @@ class BandFilesSource(RasterSource):
             out[i] = src.read(1, window=src_win, out_shape=(h, w), resampling=Resampling.bilinear)
         return out
 
+    def coarse(self, max_px: int = 128) -> np.ndarray:
+        h, w = _coarse_shape(self.shape, max_px)
+        out = np.empty((len(self._paths), h, w), np.float32)
+        for i, path in enumerate(self._paths):
+            out[i] = _open_cached(path).read(1, out_shape=(h, w), resampling=Resampling.nearest)
+        return out
+
 
 class OSCDSource(RasterSource):
     """One date of one OSCD city on its common 10 m grid (13 bands, see ``OSCDCity``)."""
@@ -288,6 +338,16 @@ class OSCDSource(RasterSource):
     def read(self, window: Window) -> np.ndarray:
         data = self.city.read(date=self.date_index, window=window)
         return data if len(self._band_idx) == data.shape[0] else data[self._band_idx]
+
+    def coarse(self, max_px: int = 128) -> np.ndarray:
+        # The 10 m B02 file alone, decimated: resampling all 13 band files of every city only
+        # to look for nodata would cost more than it tells (OSCD has next to no fill).
+        h, w = _coarse_shape(self.shape, max_px)
+        path = self.city._band_paths[self.date_index]["B02"]
+        with rasterio.open(path) as src:
+            return src.read([1], out_shape=(1, h, w), resampling=Resampling.nearest).astype(
+                np.float32
+            )
 
 
 # ---------------------------------------------------------------------------------- builders
@@ -328,7 +388,10 @@ def _ssl4eo_root(path: Path) -> Path:
 
 
 def sources_from_manifest(
-    csv_path: str | Path, bands: Sequence[str] | None = None, nodata: float | None = None
+    csv_path: str | Path,
+    bands: Sequence[str] | None = None,
+    nodata: float | None = None,
+    default_bands: Sequence[str] = SENTINEL2_L1C.bands,
 ) -> list[RasterSource]:
     """Sources listed in a CSV with header ``path,scene_id[,date]``."""
     csv_path = Path(csv_path)
@@ -351,14 +414,19 @@ def sources_from_manifest(
                 raise PretrainDataError(f"{csv_path}:{line_no}: raster {p} not found")
             scene = row.get("scene_id") or p.stem
             date = row.get("date") or parse_date(p.name)
-            sources.append(GeoTiffSource(p, scene, date, bands=bands, nodata=nodata))
+            sources.append(
+                GeoTiffSource(p, scene, date, bands, default_bands=default_bands, nodata=nodata)
+            )
     if not sources:
         raise PretrainDataError(f"{csv_path}: the manifest lists no rasters")
     return sources
 
 
 def sources_from_folder(
-    folder: str | Path, bands: Sequence[str] | None = None, nodata: float | None = None
+    folder: str | Path,
+    bands: Sequence[str] | None = None,
+    nodata: float | None = None,
+    default_bands: Sequence[str] = SENTINEL2_L1C.bands,
 ) -> list[RasterSource]:
     """One scene per GeoTIFF found (recursively) under ``folder``."""
     folder = Path(folder)
@@ -367,7 +435,12 @@ def sources_from_folder(
         raise PretrainDataError(f"{folder}: no .tif/.tiff files found")
     return [
         GeoTiffSource(
-            p, str(p.relative_to(folder).with_suffix("")), parse_date(p.name), bands, nodata=nodata
+            p,
+            str(p.relative_to(folder).with_suffix("")),
+            parse_date(p.name),
+            bands,
+            default_bands=default_bands,
+            nodata=nodata,
         )
         for p in paths
     ]
@@ -419,7 +492,8 @@ def sources_from_ssl4eo(
                 parse_date(acq.name),
                 str(acq),
                 bands,
-                nodata=nodata if nodata is not None or not sources else sources[0].nodata,
+                # Files not opened here share the first acquisition's (declared) nodata.
+                nodata=sources[0].nodata if sources and uniform_size else nodata,
                 # Fixed-size patches: only the first acquisition's files are opened here.
                 band_shapes=sources[0]._shapes if sources and uniform_size else None,
             )
@@ -434,8 +508,13 @@ def build_sources(
     fmt: str = "auto",
     bands: Sequence[str] | None = None,
     nodata: float | None = None,
+    default_bands: Sequence[str] = SENTINEL2_L1C.bands,
 ) -> list[RasterSource]:
-    """All rasters of a pretraining archive in layout ``fmt`` (see :data:`FORMATS`)."""
+    """All rasters of a pretraining archive in layout ``fmt`` (see :data:`FORMATS`).
+
+    ``default_bands``: the band spec's bands, which a GeoTIFF without band descriptions is
+    taken to hold when its band count matches. ``nodata`` applies to files that declare none.
+    """
     if fmt not in FORMATS:
         raise PretrainDataError(f"unknown --format {fmt!r}; choose from {', '.join(FORMATS)}")
     if fmt == "auto":
@@ -444,9 +523,9 @@ def build_sources(
     if not Path(path).exists():
         raise PretrainDataError(f"{path}: no such file or folder")
     if fmt == "manifest":
-        return sources_from_manifest(path, bands, nodata)
+        return sources_from_manifest(path, bands, nodata, default_bands)
     if fmt == "folder":
-        return sources_from_folder(path, bands, nodata)
+        return sources_from_folder(path, bands, nodata, default_bands)
     if fmt == "oscd":
         return sources_from_oscd(path, bands)
     return sources_from_ssl4eo(path, bands, nodata)
@@ -457,7 +536,9 @@ class PretrainWindowDataset(Dataset):
     """Random square windows from a list of :class:`RasterSource`.
 
     Args:
-        sources: the rasters; those smaller than ``window_size`` are skipped with a warning.
+        sources: the rasters; those smaller than ``window_size``, and those where no window
+            can be more than ``1 - max_nodata_fraction`` valid (judged on a decimated read of
+            each raster, see ``scan_limit``), are skipped with a warning naming them.
         window_size: side w (pixels) of the windows read.
         samples_per_epoch: dataset length; default = the number of non-overlapping windows in
             all sources (at least one per source).
@@ -468,6 +549,9 @@ class PretrainWindowDataset(Dataset):
             pixels (the scene of a window is the cell of its centre).
         seed: windows are a deterministic function of (seed, epoch, index), so every process
             and worker draws different, reproducible windows.
+        max_tries: window draws per sample before giving up with an error.
+        scan_limit: archives with more rasters than this are not scanned for nodata up front
+            (SSL4EO-S12 has a million small, filtered patches: opening each would take hours).
 
     ``scene_names`` lists the scene of each integer ``scene_id`` (sorted names, or
     ``name/rRcC`` cells with ``scene_grid``).
@@ -484,6 +568,7 @@ class PretrainWindowDataset(Dataset):
         scene_grid: int = 0,
         seed: int = 0,
         max_tries: int = 20,
+        scan_limit: int = 10_000,
     ) -> None:
         if window_size < 1:
             raise ValueError(f"window_size must be >= 1, got {window_size}")
@@ -504,6 +589,11 @@ class PretrainWindowDataset(Dataset):
                 f"no raster is at least {window_size} x {window_size} px ({names}); "
                 "use a smaller --crop-size/--window-size"
             )
+        valid_share = np.ones(len(usable))
+        if len(usable) <= scan_limit:
+            usable, valid_share = self._drop_nodata_rasters(
+                usable, window_size, max_nodata_fraction
+            )
         band_sets = {s.bands for s in usable}
         if len(band_sets) > 1:
             raise PretrainDataError(
@@ -521,9 +611,11 @@ class PretrainWindowDataset(Dataset):
         self.max_tries = max_tries
         self.epoch = 0
 
-        # Source choice proportional to area, so every pixel is equally likely.
+        # Source choice proportional to valid area, so every valid pixel is equally likely and
+        # rasters that are mostly fill (Sentinel-2 edge tiles) do not waste window draws.
         areas = np.array([s.shape[0] * s.shape[1] for s in self.sources], dtype=np.float64)
-        self._source_p = areas / areas.sum()
+        weights = areas * valid_share
+        self._source_p = weights / weights.sum()
         n_windows = sum(
             max(1, (s.shape[0] // window_size) * (s.shape[1] // window_size)) for s in self.sources
         )
@@ -553,6 +645,47 @@ class PretrainWindowDataset(Dataset):
                 "falling back to two augmentations of one window"
             )
 
+    @staticmethod
+    def _drop_nodata_rasters(
+        sources: list[RasterSource], window_size: int, max_nodata_fraction: float
+    ) -> tuple[list[RasterSource], np.ndarray]:
+        """The rasters that hold at least one acceptable window, and their valid shares.
+
+        Each raster is read once, decimated to at most 128 px a side; a raster is dropped when
+        no window-sized block of that read is valid enough. Without this, an all-fill raster
+        is found only when 20 draws in a row happen to land on it, in the middle of training.
+        """
+        kept, shares, dropped = [], [], []
+        need = 1.0 - max_nodata_fraction
+        for s in sources:
+            valid = valid_pixels(s.coarse(), s.nodata).astype(np.float64)
+            h, w = valid.shape
+            # The window's size on the decimated grid, and the best valid share of any block.
+            k = max(1, min(h, w, round(window_size * max(h / s.shape[0], w / s.shape[1]))))
+            c = np.pad(valid.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            blocks = c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
+            best = float(blocks.max()) / (k * k)
+            if valid.any() and best >= need:
+                kept.append(s)
+                shares.append(float(valid.mean()))
+            else:
+                dropped.append(s)
+                fill = 0.0 if s.nodata is None else s.nodata
+                why = (
+                    f"every pixel is nodata ({fill:g})"
+                    if not valid.any()
+                    else f"no {window_size} px window is {need:.0%} valid"
+                )
+                logger.warning("%s: %s; skipped", s.name, why)
+        if not kept:
+            names = ", ".join(s.name for s in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+            raise PretrainDataError(
+                f"no raster has a {window_size} px window with at most "
+                f"{max_nodata_fraction:.0%} nodata ({names}); check the rasters' nodata value "
+                "(--nodata) or --max-nodata-fraction"
+            )
+        return kept, np.array(shares)
+
     def _cell_name(self, scene: str, row: int, col: int) -> str:
         g = self.scene_grid
         return f"{scene}/r{row // g}c{col // g}"
@@ -565,10 +698,7 @@ class PretrainWindowDataset(Dataset):
         return self.samples_per_epoch
 
     def _nodata_fraction(self, data: np.ndarray, nodata: float | None) -> float:
-        invalid = np.isnan(data).any(axis=0)
-        fill = 0.0 if nodata is None else nodata
-        invalid |= (data == fill).all(axis=0)
-        return float(invalid.mean())
+        return 1.0 - float(valid_pixels(data, nodata).mean())
 
     def _partner_window(self, src: RasterSource, dst: RasterSource, win: Window) -> Window | None:
         """The window of ``dst`` covering the ground of ``win`` in ``src`` (None if impossible)."""
@@ -588,8 +718,14 @@ class PretrainWindowDataset(Dataset):
             return None
         return Window(c0, r0, win.width, win.height)
 
-    def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """The sample ``index`` of the current epoch, or of epoch ``e`` for a key ``(e, index)``.
+
+        Keys that carry their epoch let a sampler in the main process choose windows without
+        relying on ``set_epoch`` reaching loader workers.
+        """
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
         w = self.window_size
         tried: list[str] = []
         for _ in range(self.max_tries):
@@ -625,6 +761,7 @@ class PretrainWindowDataset(Dataset):
                 "date2": date2 or "",
                 "source": si,
                 "window": torch.tensor([r0, c0], dtype=torch.long),  # (row, col) of view1
+                "valid": torch.from_numpy(valid_pixels(view1, src.nodata)),
             }
         raise PretrainDataError(
             f"{self.max_tries} windows in a row were more than {self.max_nodata_fraction:.0%} "
@@ -637,6 +774,8 @@ def compute_band_stats(
 ) -> tuple[list[float], list[float]]:
     """Per-band mean and std (of scaled values) over the valid pixels of ``num_samples`` windows.
 
+    Valid pixels: those that are not nodata by :func:`valid_pixels` with each raster's nodata.
+
     Uses the first windows of epoch 0, so every process computes the same numbers.
     """
     saved_epoch = dataset.epoch
@@ -646,9 +785,10 @@ def compute_band_stats(
     count = 0
     try:
         for i in range(min(num_samples, len(dataset))):
-            x = dataset[i]["view1"].numpy().astype(np.float64)
-            valid = ~(x == 0).all(axis=0)
-            px = x[:, valid]
+            sample = dataset[i]
+            x = sample["view1"].numpy().astype(np.float64)
+            # The raster's own nodata rule (declared value, --nodata, NaN), not "all zero".
+            px = x[:, sample["valid"].numpy()]
             total += px.sum(axis=1)
             total_sq += (px**2).sum(axis=1)
             count += px.shape[1]

@@ -8,7 +8,16 @@
   checkpoint; load with ``torch.load(p, weights_only=True)`` or ``build_encoder(init_weights=p)``.
 - ``encoder.json``: what the encoder expects (architecture, bands, input scale, band mean/std).
 - ``metrics.csv``: step, epoch, loss, loss_c, loss_d, lr, ... every ``log_every`` steps.
-- ``config.yaml``: the resolved configuration (computed band statistics, queue size, lr).
+- ``config.yaml``: the resolved configuration (computed band statistics, queue size, lr),
+  written when training starts (after a resumed checkpoint has loaded).
+
+An ``out`` that already holds a run is refused unless ``resume`` continues it or ``overwrite``
+replaces it. SIGTERM (a scheduler's preemption) stops at the end of the current step, writes
+``last.ckpt`` and raises Lightning's ``SIGTERMException`` (the CLI exits with status 143).
+
+Randomness is a function of (seed, rank, global step): the windows of a step come from a batch
+sampler indexed by the step, augmentations and diffusion noise from a torch seed derived from
+the step. A resumed run therefore repeats an uninterrupted one step for step.
 
 Several GPUs / nodes: Lightning DDP (``--devices``, ``--num-nodes``; torchrun and SLURM are
 detected by Lightning). Keys and scene ids are all-gathered inside the model before the loss and
@@ -23,17 +32,21 @@ import logging
 import math
 import os
 import time
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from torch.utils.data import DataLoader
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from torch.utils.data import DataLoader, Sampler
 
-from swimdiff_geo.bands import get_band_spec
+from swimdiff_geo.bands import get_band_spec, normalize_band_name
 from swimdiff_geo.data.augment import AugmentConfig, PretrainAugmentation
 from swimdiff_geo.data.pretrain import (
     PretrainWindowDataset,
@@ -45,7 +58,22 @@ from swimdiff_geo.train.quiet import lightning_noise_filtered
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PretrainConfig", "SwiMDiffPretrainModule", "effective_queue_size", "pretrain"]
+__all__ = [
+    "MODEL_OPTIONS",
+    "PretrainConfig",
+    "StepBatchSampler",
+    "SwiMDiffPretrainModule",
+    "effective_queue_size",
+    "pretrain",
+]
+
+# Files of a run in --out: their presence means the folder holds a run.
+RUN_FILES = ("last.ckpt", "encoder.pt", "encoder.json", "metrics.csv", "config.yaml")
+# Options that shape the model's parameters and buffers: a checkpoint only resumes with the
+# values it was trained with.
+MODEL_OPTIONS = ("arch", "band_spec", "bands", "proj_hidden", "proj_dim", "lambda_d",
+                 "diffusion_steps", "noise_schedule", "cond_mode", "cond_fusion",
+                 "unet_channels")  # fmt: skip
 
 
 @dataclass
@@ -118,6 +146,7 @@ class PretrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     resume: str | None = None
+    overwrite: bool = False
     seed: int = 0
     progress_bar: bool = True
     # filled in by pretrain()
@@ -162,6 +191,36 @@ class PretrainConfig:
             raise ValueError(f"--rrc-scale must satisfy 0 < min <= max <= 1, got {self.rrc_scale}")
         if (self.band_mean is None) != (self.band_std is None):
             raise ValueError("give both --band-mean and --band-std, or neither")
+        try:
+            get_band_spec(self.band_spec)
+        except KeyError as exc:
+            raise ValueError(f"--band-spec: {exc.args[0]}") from None
+        try:
+            devices = _parse_devices(self.devices)
+        except ValueError:
+            raise ValueError(
+                f"--devices {self.devices}: expected a number, a list 0,1 or auto"
+            ) from None
+        if isinstance(devices, int) and not (devices > 0 or devices == -1):
+            raise ValueError(
+                f"--devices {self.devices}: give a positive number of devices, -1 (all), a "
+                "list such as 0,1, or auto (to train on the CPU: --accelerator cpu)"
+            )
+        if isinstance(devices, str) and devices != "auto":
+            raise ValueError(f"--devices {self.devices}: expected a number, a list 0,1 or auto")
+        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"--accelerator {self.accelerator}: no CUDA GPU is visible to torch here; "
+                "use --accelerator cpu (or auto)"
+            )
+
+    def model_options(self) -> dict[str, Any]:
+        """The options that shape the model, normalised for comparison (see MODEL_OPTIONS)."""
+        spec = get_band_spec(self.band_spec)
+        opts = {k: getattr(self, k) for k in MODEL_OPTIONS}
+        opts["bands"] = [normalize_band_name(b) for b in (self.bands or spec.bands)]
+        opts["lambda_d"] = "0 (no denoiser)" if self.lambda_d == 0 else "> 0 (denoiser)"
+        return opts
 
 
 def effective_queue_size(requested: int, samples_per_epoch: int, global_batch: int) -> int:
@@ -220,10 +279,26 @@ class SwiMDiffPretrainModule(L.LightningModule):
             )
         )
 
-    def on_fit_start(self) -> None:
-        # seed_everything gives every process the same seed: offset it so that processes draw
-        # different augmentations and diffusion noise.
-        torch.manual_seed(self.cfg.seed + 1 + self.global_rank)
+    def on_train_start(self) -> None:
+        # A restored LambdaLR keeps the learning rate of the checkpoint's last step (0 at the
+        # end of a finished cosine schedule) until its next step(); its factor function is
+        # rebuilt for this run's length, so apply it now: a run resumed with more
+        # --max-steps continues on the stretched schedule from its first new step.
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            groups = sched.optimizer.param_groups
+            for group, base, factor in zip(groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+                group["lr"] = base * factor(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in groups]
+
+    def _seed_step(self) -> None:
+        """Seed torch from (seed, rank, global step) for this step's augmentations and noise.
+
+        A function of the step, not of the process history, so a resumed run draws what an
+        uninterrupted one draws; the rank makes processes draw differently.
+        """
+        key = [self.cfg.seed, self.global_rank, int(self.trainer.global_step)]
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader
@@ -233,6 +308,7 @@ class SwiMDiffPretrainModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if self.trainer is not None and self.trainer.training:
+            self._seed_step()
             batch["view1"] = self.augment(batch["view1"])
             batch["view2"] = self.augment(batch["view2"])
         return batch
@@ -314,6 +390,45 @@ class FinalCheckpoint(Callback):
         trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
 
 
+class SigtermCheckpoint(Callback):
+    """On SIGTERM (preemption, ``kill``), writes ``last.ckpt`` before Lightning stops.
+
+    Lightning notices the signal at the end of the running step and raises its
+    ``SIGTERMException`` there, so the checkpoint holds a whole step.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+            if trainer.is_global_zero:
+                logger.warning(
+                    "SIGTERM: stopped at step %d, %s written; continue with --resume auto",
+                    trainer.global_step,
+                    self.path,
+                )
+
+
+class RunStart(Callback):
+    """Once training really starts (a resumed checkpoint has loaded): replaces the files of an
+    earlier run that ``overwrite`` starts over, and writes ``config.yaml``."""
+
+    def __init__(self, out: Path, config: PretrainConfig) -> None:
+        self.out, self.config = out, config
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        if not self.config.resolved.get("resumed_from"):
+            for name in RUN_FILES:  # a fresh start: nothing of an earlier run may remain
+                (self.out / name).unlink(missing_ok=True)
+        written = self.config.to_dict()
+        written["overwrite"] = False  # reusing this file as --config must not overwrite
+        (self.out / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
+
+
 class MetricsCSV(Callback):
     """Appends the logged metrics to ``metrics.csv`` every ``every`` steps (rank 0 only)."""
 
@@ -374,6 +489,44 @@ def _parse_devices(devices: str | int) -> str | int | list[int]:
     return text
 
 
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches as a function of the global step, so that a resumed run reads what an
+    uninterrupted one reads.
+
+    An epoch is ``len(self)`` steps; step ``s`` is batch ``b = s % len(self)`` of epoch
+    ``e = s // len(self)``, and on rank ``r`` of ``world_size`` it reads the dataset keys
+    ``(e, (b * world_size + r) * batch_size + i)`` (windows are a function of epoch and index,
+    see :class:`PretrainWindowDataset`). Iteration starts at ``position()``, the trainer's
+    global step, and runs to the end of that epoch. Replaces shuffling (the windows are random
+    already) and Lightning's DistributedSampler.
+    """
+
+    def __init__(
+        self,
+        samples_per_epoch: int,
+        batch_size: int,
+        world_size: int = 1,
+        rank: Callable[[], int] = lambda: 0,
+        position: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.samples_per_epoch, self.batch_size, self.world_size = (
+            samples_per_epoch,
+            batch_size,
+            world_size,
+        )
+        self.rank, self.position = rank, position
+
+    def __len__(self) -> int:
+        return max(1, self.samples_per_epoch // (self.batch_size * self.world_size))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, first = divmod(int(self.position()), len(self))
+        rank = int(self.rank())
+        for b in range(first, len(self)):
+            start = (b * self.world_size + rank) * self.batch_size
+            yield [(epoch, start + i) for i in range(self.batch_size)]
+
+
 def _collate(batch: list[dict]) -> dict:
     return {
         "view1": torch.stack([b["view1"] for b in batch]),
@@ -397,12 +550,51 @@ def _resolve_resume(cfg: PretrainConfig, out: Path) -> str | None:
     return cfg.resume
 
 
+def _check_run_folder(cfg: PretrainConfig, out: Path, resume: str | None) -> None:
+    """Refuse to start a fresh run over an earlier one unless ``overwrite`` says so."""
+    if resume or cfg.overwrite or cfg.resume == "auto":
+        return
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise FileExistsError(
+            f"--out {out} already holds a run ({', '.join(found)}); pass --resume auto to "
+            "continue it, --overwrite to start over in it, or choose another --out"
+        )
+
+
+def _check_resume_matches(cfg: PretrainConfig, resume: str, saved_config: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint whose model options differ from ``cfg``'s."""
+    try:
+        saved = PretrainConfig.from_dict(
+            {k: v for k, v in saved_config.items() if k in {f.name for f in fields(cfg)}}
+        ).model_options()
+    except (KeyError, TypeError, ValueError):
+        return  # not one of ours: Lightning reports what does not fit
+    now = cfg.model_options()
+    diff = [
+        f"--{k.replace('_', '-')} {_show(saved[k])} (now {_show(now[k])})"
+        for k in MODEL_OPTIONS
+        if saved[k] != now[k]
+    ]
+    if diff:
+        raise ValueError(
+            f"--resume {resume}: the checkpoint was trained with other model options: "
+            + "; ".join(diff)
+            + ". Resume with the run's options (its config.yaml works as --config), or start "
+            "a new run in another --out"
+        )
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
 def build_dataset(cfg: PretrainConfig) -> tuple[PretrainWindowDataset, dict[str, Any]]:
     """The window dataset of ``cfg`` and the band settings it resolves to."""
     spec = get_band_spec(cfg.band_spec)
     bands = list(cfg.bands) if cfg.bands else list(spec.bands)
     input_scale = spec.input_scale if cfg.input_scale is None else cfg.input_scale
-    sources = build_sources(cfg.data, cfg.format, bands, cfg.nodata)
+    sources = build_sources(cfg.data, cfg.format, bands, cfg.nodata, default_bands=spec.bands)
     dataset = PretrainWindowDataset(
         sources,
         window_size=cfg.window_size or cfg.crop_size,
@@ -433,13 +625,18 @@ def _pretrain(cfg: PretrainConfig, extra_callbacks: list[Callback]) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     resume = _resolve_resume(cfg, out)
-
-    dataset, band_info = build_dataset(cfg)
+    _check_run_folder(cfg, out, resume)
     saved: dict[str, Any] = {}
     if resume:
         # The checkpoint's band statistics and queue size define its buffers: reuse them.
+        # Checked before any data is read: a mismatch would only show as a state_dict error.
         ckpt = torch.load(resume, map_location="cpu", weights_only=True)
-        saved = ckpt.get("hyper_parameters", {}).get("config", {}).get("resolved", {})
+        saved_config = ckpt.get("hyper_parameters", {}).get("config", {})
+        del ckpt
+        _check_resume_matches(cfg, resume, saved_config)
+        saved = saved_config.get("resolved", {})
+
+    dataset, band_info = build_dataset(cfg)
 
     accelerator = cfg.accelerator
     if accelerator == "auto":
@@ -454,6 +651,7 @@ def _pretrain(cfg: PretrainConfig, extra_callbacks: list[Callback]) -> Path:
         )
 
     callbacks: list[Callback] = [
+        RunStart(out, cfg),
         ModelCheckpoint(
             dirpath=out,
             filename="step{step:07d}",
@@ -464,31 +662,21 @@ def _pretrain(cfg: PretrainConfig, extra_callbacks: list[Callback]) -> Path:
             save_on_train_epoch_end=True,
         ),
         FinalCheckpoint(out / "last.ckpt"),
+        SigtermCheckpoint(out / "last.ckpt"),
         EncoderExport(out),
         MetricsCSV(out / "metrics.csv", cfg.log_every),
     ]
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     callbacks += extra_callbacks
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=cfg.num_nodes,
-        strategy="ddp" if multi else "auto",
-        precision=cfg.precision,
-        sync_batchnorm=sync_bn,
-        max_steps=cfg.max_steps,
-        max_epochs=cfg.max_epochs
-        if cfg.max_epochs is not None
-        else (-1 if cfg.max_steps > 0 else None),
-        callbacks=callbacks,
-        logger=False,
-        enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False,
-        default_root_dir=str(out),
-        log_every_n_steps=max(1, cfg.log_every),
-        deterministic=False,
-    )
+    try:
+        trainer = _trainer(cfg, accelerator, devices, multi, sync_bn, out, callbacks)
+    except MisconfigurationException as exc:
+        raise ValueError(
+            f"--accelerator {cfg.accelerator} --devices {cfg.devices} --precision "
+            f"{cfg.precision}: {exc}"
+        ) from None
+
     global_batch = cfg.batch_size * trainer.world_size
     if len(dataset) < global_batch:
         raise ValueError(
@@ -523,8 +711,6 @@ def _pretrain(cfg: PretrainConfig, extra_callbacks: list[Callback]) -> Path:
         "num_scenes": len(dataset.scene_names),
         "resumed_from": resume,
     }
-    if trainer.is_global_zero:
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     logger.info(
         "pretraining: %d windows/epoch from %d rasters, %d scenes, queue %d, lr %.4g",
         len(dataset),
@@ -534,16 +720,57 @@ def _pretrain(cfg: PretrainConfig, extra_callbacks: list[Callback]) -> Path:
         lr,
     )
 
+    # Every batch is full (all_gather needs the same batch size on every process) and a
+    # function of the global step (see StepBatchSampler).
+    sampler = StepBatchSampler(
+        len(dataset),
+        cfg.batch_size,
+        trainer.world_size,
+        rank=lambda: trainer.global_rank,
+        position=lambda: trainer.global_step,
+    )
     loader = DataLoader(
         dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,  # all_gather needs the same batch size on every process
+        batch_sampler=sampler,
         num_workers=cfg.num_workers,
         collate_fn=_collate,
-        persistent_workers=False,  # workers are re-created each epoch and see set_epoch()
+        persistent_workers=False,
         pin_memory=accelerator == "gpu",
     )
     module = SwiMDiffPretrainModule(cfg.to_dict())
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+    with warnings.catch_warnings():
+        # Lightning cannot see that the sampler resumes mid-epoch by itself.
+        warnings.filterwarnings("ignore", message=".*dataloader is\\s+not resumable")
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
     return out
+
+
+def _trainer(
+    cfg: PretrainConfig,
+    accelerator: str,
+    devices: str | int | list[int],
+    multi: bool,
+    sync_bn: bool,
+    out: Path,
+    callbacks: list[Callback],
+) -> L.Trainer:
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=cfg.num_nodes,
+        strategy="ddp" if multi else "auto",
+        precision=cfg.precision,
+        sync_batchnorm=sync_bn,
+        max_steps=cfg.max_steps,
+        max_epochs=cfg.max_epochs
+        if cfg.max_epochs is not None
+        else (-1 if cfg.max_steps > 0 else None),
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        log_every_n_steps=max(1, cfg.log_every),
+        deterministic=False,
+        use_distributed_sampler=False,  # StepBatchSampler splits the windows by rank
+    )

@@ -168,12 +168,79 @@ def test_mostly_nodata_windows_are_skipped(tmp_path, beihai) -> None:
         valid = ~(ds[i]["view1"].numpy() == 0).all(axis=0)
         assert valid.mean() >= 0.5
 
-    (tmp_path / "empty").mkdir()
-    empty = tmp_path / "empty" / "zeros.tif"
-    _write_multiband(empty, np.zeros((13, 32, 32)), beihai.transform, beihai.crs)
-    ds_empty = PretrainWindowDataset(build_sources(empty.parent), window_size=16)
-    with pytest.raises(PretrainDataError, match="zeros.tif"):
-        ds_empty[0]
+
+def test_rasters_without_valid_windows_are_dropped_up_front(tmp_path, beihai, caplog) -> None:
+    # A real raster beside an all-fill one (a Sentinel-2 edge tile) and one whose only valid
+    # pixels are a 6 px strip, too thin for any 16 px window to be half valid.
+    good = _write_multiband(tmp_path / "good.tif", beihai.read(1), beihai.transform, beihai.crs)
+    _write_multiband(tmp_path / "zeros.tif", np.zeros((13, 96, 96)), beihai.transform, beihai.crs)
+    strip = np.zeros((13, 96, 96), np.float32)
+    strip[:, :, :6] = beihai.read(1)[:, :, :6].repeat(2, axis=1)
+    _write_multiband(tmp_path / "strip.tif", strip, beihai.transform, beihai.crs)
+    ds = PretrainWindowDataset(build_sources(tmp_path), window_size=16, samples_per_epoch=40)
+    assert [s.name for s in ds.sources] == [str(good)]
+    assert "zeros.tif: every pixel is nodata (0); skipped" in caplog.text
+    assert "strip.tif: no 16 px window is 50% valid; skipped" in caplog.text
+    assert all(ds[i]["source"] == 0 for i in range(len(ds)))  # no draw lottery left
+
+    # Nothing valid at all: a clear error before any window is drawn, naming the rasters.
+    good.unlink()
+    with pytest.raises(PretrainDataError, match=r"no raster has a 16 px window.*strip.tif"):
+        PretrainWindowDataset(build_sources(tmp_path), window_size=16)
+
+
+def _write_float(path: Path, data: np.ndarray, nodata: float | None, beihai: OSCDCity) -> Path:
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1],
+                   count=data.shape[0], dtype="float32", crs=beihai.crs,
+                   transform=beihai.transform, nodata=nodata)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype(np.float32))
+        for i, name in enumerate(S2, start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+def test_band_stats_leave_out_the_declared_nodata(tmp_path, beihai) -> None:
+    # Real reflectances with the left half filled with a declared nodata of -9999.
+    data = beihai.read(1).astype(np.float32)
+    data[:, :, :20] = -9999
+    path = _write_float(tmp_path / "nd.tif", data, -9999, beihai)
+    sources = build_sources(tmp_path, "folder")
+    assert sources[0].nodata == -9999
+    ds = PretrainWindowDataset(sources, window_size=48, samples_per_epoch=1,
+                               max_nodata_fraction=0.6)  # fmt: skip
+    mean, std = compute_band_stats(ds, num_samples=1)
+    valid = data[:, :, 20:] * 1e-4
+    np.testing.assert_allclose(mean, valid.reshape(13, -1).mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(std, valid.reshape(13, -1).std(axis=1), rtol=1e-4)
+    assert ds[0]["valid"].numpy()[:, :20].sum() == 0 and ds[0]["valid"].numpy()[:, 20:].all()
+
+    # --nodata fills in for files that declare none; a file's own declaration wins.
+    assert build_sources(path.parent, "folder", nodata=5)[0].nodata == -9999
+    undeclared = tmp_path / "undeclared"
+    undeclared.mkdir()
+    _write_float(undeclared / "u.tif", data, None, beihai)
+    assert build_sources(undeclared, "folder", nodata=-9999)[0].nodata == -9999
+    assert build_sources(undeclared, "folder")[0].nodata is None
+
+
+def test_undescribed_files_take_the_spec_or_the_bands_given(tmp_path, beihai) -> None:
+    four = beihai.read(1)[[1, 2, 3, 7]]  # real B02, B03, B04, B08
+    path = _write_multiband(tmp_path / "four.tif", four, beihai.transform, beihai.crs,
+                            names=["", "", "", ""])  # fmt: skip
+    with rasterio.open(path) as src:
+        assert not any(src.descriptions)
+    rgbn = ["B02", "B03", "B04", "B08"]
+    (source,) = build_sources(tmp_path, "folder", bands=rgbn)
+    assert source.bands == tuple(rgbn)
+    landsat = ("SWIR1", "NIR", "RED", "GREEN")
+    (source,) = build_sources(tmp_path, "folder", bands=list(landsat), default_bands=landsat)
+    assert source.bands == landsat
+    (source,) = build_sources(tmp_path, "folder", bands=["RED", "NIR"], default_bands=landsat)
+    np.testing.assert_array_equal(source.read(rasterio.windows.Window(0, 0, 8, 8)),
+                                  np.round(four[[2, 1], :8, :8]))  # fmt: skip
+    with pytest.raises(PretrainDataError, match="4 bands without descriptions"):
+        build_sources(tmp_path, "folder", bands=["B02", "B03", "B04"])
 
 
 def test_ssl4eo_layout_resamples_coarse_bands(tmp_path) -> None:

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
 from swimdiff_geo.models.encoder import build_encoder
-from swimdiff_geo.train.pretrain import PretrainConfig, effective_queue_size, pretrain
+from swimdiff_geo.train.pretrain import (
+    PretrainConfig,
+    build_dataset,
+    effective_queue_size,
+    pretrain,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 OSCD_MINI = REPO / "tests" / "data" / "oscd_mini"
@@ -203,3 +212,196 @@ def test_init_weights_from_a_three_band_checkpoint(tmp_path) -> None:
     torch.testing.assert_close(
         state["conv1.weight"][:, 3], rgb.conv1.weight.detach()[:, 0] * 3 / 13
     )
+
+
+def _cli(*args: str):
+    from swimdiff_geo.cli.pretrain import pretrain as pretrain_command
+
+    return CliRunner().invoke(pretrain_command, [str(a) for a in args])
+
+
+CLI_FAST = ["--data", OSCD_MINI, "--crop-size", "32", "--batch-size", "4", "--samples-per-epoch",
+            "16", "--unet-channels", "16", "--num-workers", "0", "--accelerator", "cpu",
+            "--devices", "1", "--no-progress-bar", "--stats-samples", "8", "--log-every", "1",
+            "--threads", "1"]  # fmt: skip
+
+
+def test_an_earlier_run_is_kept_unless_resumed_or_overwritten(tmp_path) -> None:
+    out = tmp_path / "run"
+    first = _cli(*CLI_FAST, "--out", out, "--max-steps", "2")
+    assert first.exit_code == 0, first.output
+    before = {n: (out / n).read_bytes() for n in ("last.ckpt", "config.yaml", "metrics.csv")}
+
+    again = _cli(*CLI_FAST, "--out", out, "--max-steps", "2", "--lr", "0.5")
+    assert again.exit_code == 1
+    assert f"--out {out} already holds a run" in again.output
+    assert "--resume auto" in again.output and "--overwrite" in again.output
+    assert {n: (out / n).read_bytes() for n in before} == before  # nothing touched
+
+    over = _cli(*CLI_FAST, "--out", out, "--max-steps", "1", "--lr", "0.5", "--overwrite")
+    assert over.exit_code == 0, over.output
+    assert [int(r["step"]) for r in _metrics(out)] == [1]  # a new run, not appended to the old
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["lr"] == 0.5 and written["overwrite"] is False
+
+
+def test_resume_with_other_model_options_is_refused_before_anything_changes(tmp_path) -> None:
+    out = tmp_path / "run"
+    assert _cli(*CLI_FAST, "--out", out, "--max-steps", "1").exit_code == 0
+    config = (out / "config.yaml").read_bytes()
+    other = _cli(*CLI_FAST, "--out", out, "--max-steps", "2", "--resume", "auto", "--arch",
+                 "resnet50", "--bands", "B02,B03,B04,B08")  # fmt: skip
+    assert other.exit_code == 1, other.output
+    assert "other model options" in other.output
+    assert "--arch resnet18 (now resnet50)" in other.output
+    assert "--bands B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B10,B11,B12 (now B02,B03,B04,B08)" in (
+        other.output
+    )
+    assert "size mismatch" not in other.output and "Traceback" not in other.output
+    assert (out / "config.yaml").read_bytes() == config  # written only when a run starts
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("max_nodata_fraction: 7", "max_nodata_fraction"),
+        ("lr: fast", "lr"),
+        ("tau: [1, 2]", "tau"),
+        ("tau: -1", "tau"),
+        ("momentum: 5", "momentum"),
+        ("temporal: maybe", "temporal"),
+        ("queue-size: many", "queue-size"),
+        ("rrc_scale: [0.5, x]", "rrc_scale"),
+    ],
+)
+def test_config_file_values_are_checked_like_flags(tmp_path, text, key) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text + "\n")
+    (tmp_path / "empty").mkdir()  # reading this --data would fail with exit 1, not 2
+    result = _cli("--config", config, "--data", tmp_path / "empty", "--out", tmp_path / "o",
+                  "--max-steps", "1")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"bad.yaml: {key}:" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_file_strings_convert_like_flags(tmp_path) -> None:
+    config = tmp_path / "ok.yaml"
+    config.write_text("temporal: 'no'\nqueue_size: '12'\nrrc-scale: [0.6, 0.9]\nlr: null\n")
+    out = tmp_path / "run"
+    result = _cli("--config", config, *CLI_FAST, "--out", out, "--max-steps", "1")
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["temporal"] is False and written["queue_size"] == 12
+    assert written["rrc_scale"] == [0.6, 0.9] and written["lr"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--band-spec", "nope"], "--band-spec: unknown band spec 'nope'"),
+        (["--devices", "0"], "--devices 0: give a positive number"),
+        (["--devices", "a,b"], "--devices a,b: expected a number"),
+    ]
+    + (
+        []
+        if torch.cuda.is_available()
+        else [(["--accelerator", "gpu"], "--accelerator gpu: no CUDA GPU is visible")]
+    ),
+)
+def test_bad_hardware_and_band_options_are_usage_errors(tmp_path, args, message) -> None:
+    result = _cli("--data", OSCD_MINI, "--out", tmp_path / "o", "--max-steps", "1", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+
+
+def test_undescribed_files_follow_the_band_spec(tmp_path) -> None:
+    import rasterio
+
+    src = REPO / "sample_data" / "landsat_pucallpa" / "landsat_2020.tif"
+    with rasterio.open(src) as f:
+        profile, data = f.profile, f.read()
+    folder = tmp_path / "landsat"
+    folder.mkdir()
+    with rasterio.open(folder / "undescribed.tif", "w", **profile) as dst:
+        dst.write(data)  # no band descriptions
+    spec = "landsat_swir1_nir_red_green_u8"
+    dataset, info = build_dataset(PretrainConfig(data=str(folder), band_spec=spec, crop_size=32))
+    assert info["bands"] == ["SWIR1", "NIR", "RED", "GREEN"]
+    dataset, info = build_dataset(
+        PretrainConfig(data=str(folder), band_spec=spec, bands=["RED", "NIR"], crop_size=32)
+    )
+    sample = dataset[0]
+    r, c = sample["window"].tolist()
+    expected = data[[2, 1], r : r + 32, c : c + 32] / 255.0
+    np.testing.assert_allclose(sample["view1"].numpy(), expected, rtol=1e-6)
+
+
+def test_sigterm_exits_143_with_a_checkpoint_to_resume_from(tmp_path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "swimdiff_geo.cli.main", "pretrain", *map(str, CLI_FAST),
+               "--out", str(out), "--checkpoint-every", "1000"]  # fmt: skip
+    proc = subprocess.Popen([*command, "--max-steps", "500"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        # Wait (not a timing assertion: a guard against a hung run) for two logged steps.
+        deadline = time.monotonic() + 300
+        while not ((out / "metrics.csv").exists() and len(_metrics(out)) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, log
+    assert "stopped by SIGTERM" in log and "Traceback" not in log
+    stopped = int(_metrics(out)[-1]["step"])
+    assert 2 <= stopped < 500
+    # --checkpoint-every 1000: last.ckpt can only come from the SIGTERM handler.
+    assert torch.load(out / "last.ckpt", weights_only=False)["global_step"] == stopped
+
+    resumed = subprocess.run([*command, "--max-steps", str(stopped + 2), "--resume", "auto"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [int(r["step"]) for r in _metrics(out)] == list(range(1, stopped + 3))
+
+
+class _StopAt(L.Callback):
+    """Stops training after step ``step``, as an interruption would (checkpoint at the end)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path) -> None:
+    # 4 steps per epoch: the interruption at step 3 is mid-epoch, the run crosses an epoch end.
+    base = dict(FAST, queue_size=8, checkpoint_every=100, lr=0.05)
+    whole = tmp_path / "whole"
+    pretrain(PretrainConfig(**base, out=str(whole), max_steps=6))
+    split = tmp_path / "split"
+    pretrain(PretrainConfig(**base, out=str(split), max_steps=6), callbacks=[_StopAt(3)])
+    assert [int(r["step"]) for r in _metrics(split)] == [1, 2, 3]
+    pretrain(PretrainConfig(**base, out=str(split), max_steps=6, resume="auto"))
+    expected, got = _metrics(whole), _metrics(split)
+    assert [int(r["step"]) for r in got] == list(range(1, 7))
+    for key in ("loss", "loss_c", "loss_d", "pos_sim", "lr"):
+        values = [float(r[key]) for r in got]
+        np.testing.assert_allclose(
+            values, [float(r[key]) for r in expected], rtol=1e-5, err_msg=key
+        )
+
+
+def test_more_steps_after_a_finished_run_follow_the_longer_schedule(tmp_path) -> None:
+    out = tmp_path / "run"
+    base = dict(FAST, out=str(out), queue_size=8, checkpoint_every=100, lr=0.04)
+    pretrain(PretrainConfig(**base, max_steps=3))  # the cosine schedule ends at lr 0
+    pretrain(PretrainConfig(**base, max_steps=6, resume="auto"))
+    lr = {int(r["step"]): float(r["lr"]) for r in _metrics(out)}
+    # Step 4 (schedule position 3 of 6) runs at 0.04 * (1 + cos(pi / 2)) / 2 = 0.02, not 0.
+    assert lr[4] == pytest.approx(0.02, rel=1e-5)
+    assert lr[6] == pytest.approx(0.04 * (1 + np.cos(np.pi * 5 / 6)) / 2, rel=1e-5)
