@@ -4,7 +4,9 @@ Works for every head (change, segmentation, classification) and for a pretrained
 (``encoder.pt``, or ``--embedding`` on a fine-tuned checkpoint): dynamic N/H/W, the model
 contract in the metadata, onnx.checker, and a PyTorch parity check on real windows that must
 stay within ``--tolerance``. ``--int8`` adds ``<stem>.int8.onnx`` (static quantisation calibrated
-on real windows) and reports its F1/accuracy and speed against fp32.
+on real windows) and reports its F1/accuracy and speed against fp32. Outputs are written under
+temporary names and renamed into place only after every check passed; existing outputs need
+``--overwrite``.
 """
 
 from __future__ import annotations
@@ -56,13 +58,15 @@ from .finetune import _names, train_errors
     "--bands",
     callback=_names,
     default=None,
-    help="Band names of an encoder.pt (default: Sentinel-2 L1C for 13 bands).",
+    help="Band names of an encoder.pt (default: those in the encoder.json beside it, else "
+    "Sentinel-2 L1C for 13 bands).",
 )
 @click.option(
     "--input-scale",
     type=float,
     default=None,
-    help="Raw value multiplier for an encoder.pt (default 1e-4 for Sentinel-2).",
+    help="Raw value multiplier for an encoder.pt (default: the one in the encoder.json beside "
+    "it, else 1e-4 for Sentinel-2).",
 )
 @click.option(
     "--tile-size",
@@ -90,6 +94,13 @@ from .finetune import _names, train_errors
     is_flag=True,
     help="Sentinel-2 change models: set the change probability to 0 where every date is "
     "water (B03 > B08 and B11 < 0.05 reflectance), inside the graph (docs/export.md).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace outputs that already exist (the model, its .export.json, and .int8/.compressed "
+    "files of an earlier export that this one does not write). They are replaced only once the "
+    "new model passed every check.",
 )
 @train_errors
 def export(checkpoint: str, out: str, **kwargs: Any) -> None:

@@ -1,18 +1,25 @@
 """``swimdiff-geo finetune change|landcover``: train downstream heads (needs the ``train`` extra).
 
 torch and Lightning are imported only when a sub-command runs. Each run writes ``best.ckpt``
-(best validation F1), ``last.ckpt`` (``--resume`` continues from it), ``logs/metrics.csv`` and
+(best validation F1), ``last.ckpt`` (``--resume`` continues from it), ``logs/version_N/`` and
 ``metrics.json`` into ``--out``; export with ``swimdiff-geo export OUT/best.ckpt -o model.onnx``.
+A folder holding an earlier run needs ``--resume`` or ``--overwrite``. SIGTERM (a scheduler's
+time limit, ``kill``) stops training at the next batch and exits with status 143; ``last.ckpt``
+of the last finished epoch stays for ``--resume``.
 """
 
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+
+from swimdiff_geo.inference.errors import SwimdiffError
 
 
 def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
@@ -64,7 +71,7 @@ def train_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 err=True,
             )
             sys.exit(1)
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError, SwimdiffError) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
 
@@ -167,6 +174,12 @@ def common_training_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--resume", is_flag=True, help="Continue from OUT/last.ckpt if present."),
         click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Remove an earlier run's checkpoints, logs/ and metrics.json from --out "
+            "before training (without it or --resume, such a folder is refused).",
+        ),
+        click.option(
             "--accelerator",
             default="auto",
             show_default=True,
@@ -254,7 +267,7 @@ def change(**kwargs: Any) -> None:
     from swimdiff_geo.train.finetune import finetune_change
 
     _set_threads(kwargs.pop("threads"))
-    summary = finetune_change(**kwargs)
+    summary = _train(finetune_change, kwargs)
     _report(summary)
 
 
@@ -339,8 +352,33 @@ def landcover(**kwargs: Any) -> None:
     from swimdiff_geo.train.finetune import finetune_landcover
 
     _set_threads(kwargs.pop("threads"))
-    summary = finetune_landcover(**kwargs)
+    summary = _train(finetune_landcover, kwargs)
     _report(summary)
+
+
+SIGTERM_EXIT = 128 + signal.SIGTERM  # 143, what a shell reports for a process ended by SIGTERM
+
+
+def _train(run: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run ``run(**kwargs)``; SIGTERM during training exits with status 143.
+
+    cli/main.py leaves SIGTERM to Lightning for training commands: Lightning finishes the current
+    batch and raises SIGTERMException, a SystemExit without a code, i.e. status 0, which would
+    tell a scheduler the run succeeded.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        return run(**kwargs)
+    except SIGTERMException:
+        last = Path(kwargs["out_dir"]) / "last.ckpt"
+        kept = (
+            f"{last} holds the last finished epoch; continue with --resume"
+            if last.is_file()
+            else "no epoch had finished, so there is nothing to resume"
+        )
+        click.echo(f"Stopped by SIGTERM: {kept}", err=True)
+        sys.exit(SIGTERM_EXIT)
 
 
 def _set_threads(threads: int | None) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 import warnings
@@ -43,6 +44,8 @@ from torch import Tensor, nn
 from .bands import SENTINEL2_L1C
 from .data.change import BandScaling, RandomChangeWindows, TiledChangeWindows
 from .inference.contract import ModelContract, load_model
+from .inference.errors import OutputError
+from .inference.outputs import OutputTransaction
 from .models.encoder import ResNetEncoder, build_encoder
 from .models.landcover import EmbeddingNet
 
@@ -92,18 +95,50 @@ def _infer_arch(state: dict[str, Tensor]) -> str:
     return "resnet50" if any(k.endswith("layer1.0.conv3.weight") for k in state) else "resnet18"
 
 
+def _pretraining_metadata(path: Path, in_channels: int) -> tuple[Path, dict[str, Any]]:
+    """The ``<stem>.json`` pretraining wrote beside an encoder file (``encoder.pt`` ->
+    ``encoder.json``: bands, input scale, standardisation) and its content, ``{}`` if none."""
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        return meta_path, {}
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{meta_path}: not readable pretraining metadata ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ExportError(f"{meta_path}: not pretraining metadata (a JSON object expected)")
+    described = meta.get("in_channels", len(meta.get("bands") or []) or in_channels)
+    if described != in_channels:
+        raise ExportError(
+            f"{meta_path}: describes an encoder of {described} bands, but {path} takes "
+            f"{in_channels}: it belongs to another encoder (move it away or fix it)"
+        )
+    for key in ("band_mean", "band_std"):
+        values = meta.get(key)
+        if values is not None and len(values) != in_channels:
+            raise ExportError(
+                f"{meta_path}: {key} has {len(values)} values for {in_channels} bands"
+            )
+    return meta_path, meta
+
+
 def load_export_source(
     checkpoint: str | Path,
     embedding: bool = False,
     bands: Sequence[str] | None = None,
     input_scale: float | None = None,
     tile_size: int | None = None,
+    print_fn: Callable[[str], None] = print,
 ) -> ExportSource:
     """Read a fine-tuning checkpoint or an encoder ``state_dict`` and prepare it for export.
 
     ``embedding=True`` exports only the encoder of a fine-tuning checkpoint. An encoder file is
-    always exported as an embedding model; its bands default to the 13 Sentinel-2 L1C bands
-    (DN / 10000) when it takes 13 channels, otherwise ``bands`` must name them.
+    always exported as an embedding model. Its bands, input scale and standardisation come from
+    the metadata pretraining wrote beside it (``encoder.json`` for ``encoder.pt``), so that the
+    engine feeds the model what it was pretrained on; ``bands`` and ``input_scale`` override
+    them, with a warning through ``print_fn`` where they disagree. Without that file the bands
+    default to the 13 Sentinel-2 L1C bands (DN / 10000) when the encoder takes 13 channels,
+    otherwise ``bands`` must name them, and inputs are not standardised.
     """
     from .train.finetune import load_head_checkpoint
 
@@ -171,16 +206,34 @@ def load_export_source(
     conv1 = stems[0]
     in_channels = int(conv1.shape[1])
     encoder = build_encoder(_infer_arch(state), in_channels=in_channels, init_weights=state)
+    meta_path, meta = _pretraining_metadata(path, in_channels)
+    meta_bands = [str(b) for b in meta.get("bands") or []]
     if bands:
         band_names = list(bands)
+        if meta_bands and band_names != meta_bands:
+            print_fn(
+                f"warning: --bands {','.join(band_names)} differs from the bands in {meta_path} "
+                f"({','.join(meta_bands)}), which the encoder was pretrained on; using --bands"
+            )
+    elif meta_bands:
+        band_names = meta_bands
     elif in_channels == len(SENTINEL2_L1C.bands):
         band_names = list(SENTINEL2_L1C.bands)
     else:
         raise ExportError(f"{path}: the encoder takes {in_channels} bands; name them with --bands")
     if len(band_names) != in_channels:
         raise ExportError(f"--bands names {len(band_names)} bands; the encoder takes {in_channels}")
-    scale = input_scale
-    if scale is None:
+    meta_scale = meta.get("input_scale")
+    if input_scale is not None:
+        scale = input_scale
+        if meta_scale is not None and not math.isclose(scale, meta_scale, rel_tol=1e-6):
+            print_fn(
+                f"warning: --input-scale {scale:g} differs from {meta_path} ({meta_scale:g}, "
+                "what the encoder was pretrained on); using --input-scale"
+            )
+    elif meta_scale is not None:
+        scale = float(meta_scale)
+    else:
         scale = SENTINEL2_L1C.input_scale if band_names == list(SENTINEL2_L1C.bands) else 1.0
     fields = {
         "model_type": "embedding",
@@ -191,7 +244,18 @@ def load_export_source(
         "name": f"swimdiff-geo encoder {encoder.arch}",
         "description": f"SwiMDiff-pretrained {encoder.arch} encoder from {path.name}",
     }
+    if meta.get("band_mean") is not None:
+        # Pretraining's band statistics are of the scaled inputs: the units check's reference.
+        fields["input_band_means"] = [float(v) for v in meta["band_mean"]]
+    if meta.get("input_standardized"):
+        if meta.get("band_mean") is None or meta.get("band_std") is None:
+            raise ExportError(f"{meta_path}: input_standardized without band_mean and band_std")
+        # The encoder saw (x * input_scale - band_mean) / band_std: the engine must do the same.
+        fields["standardization_mean"] = [float(v) for v in meta["band_mean"]]
+        fields["standardization_std"] = [float(v) for v in meta["band_std"]]
     extra = {"source_checkpoint": path.name, "task": "embedding", "encoder_arch": encoder.arch}
+    if meta:
+        extra["pretraining_metadata"] = meta_path.name
     return _embedding_source(encoder, fields, extra, None)
 
 
@@ -548,9 +612,11 @@ def check_parity(
     windows: np.ndarray,
     tolerance: float = PARITY_TOLERANCE,
     print_fn: Callable[[str], None] = print,
+    name: str | Path | None = None,
 ) -> dict[str, Any]:
     """Compare PyTorch and onnxruntime on ``windows``, at their size, at an odd smaller size and
-    with a batch of 1; raise ExportError when a difference exceeds ``tolerance``.
+    with a batch of 1; raise ExportError when a difference exceeds ``tolerance``. ``name``: the
+    model's name in that error (default ``onnx_path``; the export checks a temporary file).
 
     The criterion is ``max |torch - onnx| <= tolerance * max(1, max |torch|)``: the absolute
     difference for probabilities (which never exceed 1), and relative to the output's magnitude
@@ -595,8 +661,8 @@ def check_parity(
     }
     if not worst <= tolerance:
         raise ExportError(
-            f"{onnx_path}: parity check failed: max difference {worst:.3e} (relative to "
-            f"max(1, |output|)) > {tolerance:.0e}; the file was removed"
+            f"{name or onnx_path}: parity check failed: max difference {worst:.3e} (relative "
+            f"to max(1, |output|)) > {tolerance:.0e}"
         )
     return report
 
@@ -829,66 +895,106 @@ def export_model(
     calibration_windows: int = 32,
     tolerance: float = PARITY_TOLERANCE,
     water_mask: bool = False,
+    overwrite: bool = False,
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` (+ ``<stem>.int8.onnx`` with ``int8``,
     ``<stem>.compressed.onnx`` with ``compress``: see :func:`compress_weights`), check it, and
     write a report ``<stem>.export.json``; returns the report. ``water_mask`` (change models):
     every file written gets :func:`add_water_mask`, after the checks, which compare the
-    network itself with PyTorch."""
+    network itself with PyTorch.
+
+    All or nothing: the real windows the checks need are read before anything is exported, the
+    files are written under temporary names in ``out``'s folder and renamed into place only
+    after every check passed. Existing outputs (and an earlier export's ``.int8`` /
+    ``.compressed`` files this export does not write) are refused unless ``overwrite``, and
+    replaced only then; a failed export leaves them as they were.
+    """
     out = Path(out)
-    source = load_export_source(checkpoint, embedding, bands, input_scale, tile_size)
+    source = load_export_source(checkpoint, embedding, bands, input_scale, tile_size, print_fn)
     refusal = _water_mask_refusal(source.contract, checkpoint) if water_mask else None
     if refusal:  # before the export, not after it and the checks
         raise ExportError(refusal)
+    # Missing or unusable data is an input error: find it before the (slow) export.
+    windows = real_windows(source, "val", parity_windows, data)
+    if int8 or compress:  # validation windows for both comparisons' speed and max difference
+        speed_windows = real_windows(source, "val", max(parity_windows, 8), data)
+    if int8:
+        calibration = real_windows(source, "train", calibration_windows, data)
+    int8_path = out.with_name(out.stem + ".int8.onnx")
+    small_path = out.with_name(out.stem + ".compressed.onnx")
+    report_path = out.with_name(out.stem + ".export.json")
+    written = [out, report_path] + [int8_path] * int8 + [small_path] * compress
+    stale = [int8_path] * (not int8) + [small_path] * (not compress)
+    try:
+        with OutputTransaction(
+            [str(p) for p in written], overwrite, [str(p) for p in stale], [str(checkpoint)]
+        ) as tx:
+            temp = {p: Path(tx.temp(str(p))) for p in written}
+            report = _export_checked(
+                source, checkpoint, out, temp, exporter, windows, tolerance, print_fn
+            )
+            if int8:
+                quantize_int8(source, temp[out], temp[int8_path], calibration)
+                load_model(temp[int8_path])  # the quantised model must honour the contract too
+                print_fn(f"int8 model: {temp[int8_path].stat().st_size / 1e6:.1f} MB")
+                report["int8"] = {"onnx": str(int8_path)} | compare_with_fp32(
+                    source, temp[out], temp[int8_path], data, speed_windows, print_fn
+                )
+            if compress:
+                compress_weights(temp[out], temp[small_path])
+                load_model(temp[small_path])
+                print_fn(f"compressed model: {temp[small_path].stat().st_size / 1e6:.1f} MB")
+                report["compressed"] = {"onnx": str(small_path)} | compare_with_fp32(
+                    source, temp[out], temp[small_path], data, speed_windows, print_fn,
+                    name="compressed",
+                )  # fmt: skip
+            if water_mask:
+                for model_path in [p for p in written if p != report_path]:
+                    masked = temp[model_path].with_name(temp[model_path].stem + ".masking.onnx")
+                    add_water_mask(temp[model_path], masked)
+                    masked.replace(temp[model_path])
+                report["water_mask"] = True
+                print_fn(
+                    f"water mask added: change probability 0 where every date is water "
+                    f"({WATER_RULE})"
+                )
+            temp[report_path].write_text(json.dumps(report, indent=2))
+            tx.commit()
+    except OutputError as exc:  # an existing output without overwrite, an unwritable folder
+        raise ExportError(str(exc)) from exc
+    print_fn(f"wrote {', '.join(str(p) for p in written)}")
+    return report
+
+
+def _export_checked(
+    source: ExportSource,
+    checkpoint: str | Path,
+    out: Path,
+    temp: dict[Path, Path],
+    exporter: str,
+    windows: np.ndarray,
+    tolerance: float,
+    print_fn: Callable[[str], None],
+) -> dict[str, Any]:
+    """Export ``source`` to ``out``'s temporary file and check its parity; the report."""
     started = time.monotonic()
-    export_onnx(source, out, exporter=exporter)
+    export_onnx(source, temp[out], exporter=exporter)
+    size_mb = temp[out].stat().st_size / 1e6
     print_fn(
-        f"exported {source.contract.model_type} model to {out} "
-        f"({out.stat().st_size / 1e6:.1f} MB, {exporter} exporter, "
+        f"exported {source.contract.model_type} model ({size_mb:.1f} MB, {exporter} exporter, "
         f"{time.monotonic() - started:.1f} s); onnx.checker passed"
     )
-    windows = real_windows(source, "val", parity_windows, data)
     try:
-        parity = check_parity(source, out, windows, tolerance, print_fn)
-    except ExportError:
-        out.unlink(missing_ok=True)  # never leave a model that failed its check behind
-        raise
-    report: dict[str, Any] = {
+        parity = check_parity(source, temp[out], windows, tolerance, print_fn, name=out)
+    except ExportError as exc:
+        kept = "the existing file is kept" if out.exists() else "nothing was written"
+        raise ExportError(f"{exc}; {kept}") from exc
+    return {
         "checkpoint": str(checkpoint),
         "onnx": str(out),
         "exporter": exporter,
         "model_type": source.contract.model_type,
-        "size_mb": out.stat().st_size / 1e6,
+        "size_mb": size_mb,
         "parity": parity,
     }
-    if int8 or compress:  # validation windows for both comparisons' speed and max difference
-        speed_windows = real_windows(source, "val", max(parity_windows, 8), data)
-    if int8:
-        int8_path = out.with_name(out.stem + ".int8.onnx")
-        calibration = real_windows(source, "train", calibration_windows, data)
-        quantize_int8(source, out, int8_path, calibration)
-        load_model(int8_path)  # the quantised model must honour the contract too
-        print_fn(f"int8 model: {int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB)")
-        report["int8"] = {"onnx": str(int8_path)} | compare_with_fp32(
-            source, out, int8_path, data, speed_windows, print_fn
-        )
-    if compress:
-        small_path = out.with_name(out.stem + ".compressed.onnx")
-        compress_weights(out, small_path)
-        load_model(small_path)
-        print_fn(f"compressed model: {small_path} ({small_path.stat().st_size / 1e6:.1f} MB)")
-        report["compressed"] = {"onnx": str(small_path)} | compare_with_fp32(
-            source, out, small_path, data, speed_windows, print_fn, name="compressed"
-        )
-    if water_mask:
-        for written in [out] + [
-            Path(report[k]["onnx"]) for k in ("int8", "compressed") if k in report
-        ]:
-            masked = written.with_name(written.stem + ".masking.onnx")
-            add_water_mask(written, masked)
-            masked.replace(written)
-        report["water_mask"] = True
-        print_fn(f"water mask added: change probability 0 where every date is water ({WATER_RULE})")
-    out.with_name(out.stem + ".export.json").write_text(json.dumps(report, indent=2))
-    return report

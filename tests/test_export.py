@@ -26,6 +26,7 @@ from swimdiff_geo.export import (
 )
 from swimdiff_geo.inference.contract import load_model
 from swimdiff_geo.inference.defaults import resolve_model_path
+from swimdiff_geo.inference.errors import ModelError
 from swimdiff_geo.models.encoder import build_encoder
 from swimdiff_geo.train.finetune import finetune_change
 from tests.conftest import water_on_each_date
@@ -226,3 +227,133 @@ def test_export_cli_water_mask_masks_every_file_it_writes(change_ckpt: Path, tmp
     for path in (out, tmp_path / "change.compressed.onnx"):
         assert load_model(path).contract.extra["water_mask"]["dates"] == "all", path
     assert json.loads((tmp_path / "change.export.json").read_text())["water_mask"] is True
+
+
+def _temp_folders(folder: Path) -> list[Path]:
+    return list(folder.glob(".swimdiff-tmp-*"))
+
+
+def test_export_without_the_data_it_checks_on_writes_nothing(
+    encoder_pt: Path, tmp_path: Path
+) -> None:
+    """An encoder.pt has no recorded data: the export says so before exporting anything."""
+    out = tmp_path / "models" / "encoder.onnx"
+    result = CliRunner().invoke(
+        cli, ["export", str(encoder_pt), "-o", str(out), "--exporter", "torchscript"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "pass --data" in result.output and "Traceback" not in result.output
+    assert "exported" not in result.output  # no success line before the failure
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_failed_export_never_replaces_a_good_model(change_ckpt: Path, tmp_path: Path) -> None:
+    """Outputs are written under temporary names and renamed only after every check passed:
+    an existing model needs --overwrite and is replaced only by a model that passed."""
+    out = tmp_path / "change.onnx"
+    base = ["export", str(change_ckpt), "-o", str(out), "--exporter", "torchscript"]
+    assert CliRunner().invoke(cli, base).exit_code == 0
+    good = out.read_bytes()
+    good_report = (tmp_path / "change.export.json").read_text()
+
+    result = CliRunner().invoke(cli, base)
+    assert result.exit_code == 1 and "already exists" in result.output, result.output
+    assert "--overwrite" in result.output
+
+    # Parity at tolerance 0 fails (onnxruntime's float arithmetic is not PyTorch's).
+    result = CliRunner().invoke(cli, [*base, "--overwrite", "--tolerance", "0", "--int8"])
+    assert result.exit_code == 1, result.output
+    assert f"{out}: parity check failed" in result.output
+    assert "the existing file is kept" in result.output
+    assert out.read_bytes() == good
+    assert (tmp_path / "change.export.json").read_text() == good_report
+    assert not (tmp_path / "change.int8.onnx").exists()
+    assert not _temp_folders(tmp_path)
+
+    result = CliRunner().invoke(cli, [*base, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+    load_model(out, expected_type="change_detection")
+    assert not _temp_folders(tmp_path)
+
+
+def _pretrained_encoder(folder: Path, bands: list[str]) -> tuple[Path, dict]:
+    """An encoder.pt and the encoder.json pretraining writes beside it (its keys, as
+    swimdiff_geo.train.pretrain.EncoderExport writes them): standardised inputs, DN x 1e-4."""
+    folder.mkdir()
+    torch.manual_seed(2)
+    encoder = build_encoder("resnet18", in_channels=len(bands))
+    torch.save(encoder.state_dict(), folder / "encoder.pt")
+    meta = {
+        "arch": "resnet18", "in_channels": len(bands), "stage_channels": [64, 128, 256, 512],
+        "bands": bands, "input_scale": 1e-4, "input_standardized": True,
+        "band_mean": [0.08, 0.07, 0.06, 0.25], "band_std": [0.02, 0.03, 0.04, 0.09],
+        "global_step": 10,
+    }  # fmt: skip
+    (folder / "encoder.json").write_text(json.dumps(meta))
+    return folder / "encoder.pt", meta
+
+
+def test_encoder_export_takes_bands_and_scaling_from_encoder_json(tmp_path: Path) -> None:
+    """The engine must feed the model what pretraining fed the encoder: (DN x 1e-4 - mean) / std
+    with encoder.json's band statistics, in its band order; no --bands needed."""
+    bands = ["B02", "B03", "B04", "B08"]
+    encoder_pt, meta = _pretrained_encoder(tmp_path / "pretrain", bands)
+    with rasterio.open(RASTER) as src:  # real reflectance, written as Sentinel-2 DN
+        dn = np.round(src.read([2, 3, 4, 8]) * 10000).astype(np.uint16)
+        profile = src.profile | {"count": 4, "dtype": "uint16"}
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", **profile) as dst:
+        dst.write(dn)
+    out = tmp_path / "encoder.onnx"
+    result = CliRunner().invoke(
+        cli, ["export", str(encoder_pt), "-o", str(out), "--data", str(scene),
+              "--tile-size", "64", "--exporter", "torchscript"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    loaded = load_model(out, expected_type="embedding")
+    c = loaded.contract
+    assert c.bands == bands and c.input_scale == 1e-4
+    assert c.standardization_mean == meta["band_mean"]
+    assert c.standardization_std == meta["band_std"]
+    assert c.input_band_means == meta["band_mean"]
+    # The engine's scaling of raw DN gives the encoder exactly its pretraining input.
+    x = dn[None, :, :64, :64].astype(np.float32)
+    pooled, _ = loaded.session.run(None, {loaded.input_name: c.scale(x.copy())})  # in place
+    mean = np.array(meta["band_mean"], np.float32)[:, None, None]
+    std = np.array(meta["band_std"], np.float32)[:, None, None]
+    encoder = build_encoder("resnet18", in_channels=4, init_weights=encoder_pt).eval()
+    with torch.no_grad():
+        ref = encoder(torch.from_numpy((x * np.float32(1e-4) - mean) / std)).numpy()
+    np.testing.assert_allclose(pooled, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_json_disagreeing_options_warn_and_win(tmp_path: Path) -> None:
+    bands = ["B02", "B03", "B04", "B08"]
+    encoder_pt, meta = _pretrained_encoder(tmp_path / "pretrain", bands)
+    said: list[str] = []
+    source = load_export_source(
+        encoder_pt, bands=["B", "G", "R", "N"], input_scale=1.0, print_fn=said.append
+    )
+    assert source.contract.bands == ["B", "G", "R", "N"] and source.contract.input_scale == 1.0
+    assert len(said) == 2 and all("encoder.json" in line for line in said)
+    assert "--bands" in said[0] and "--input-scale" in said[1]
+    said.clear()
+    load_export_source(encoder_pt, bands=bands, input_scale=1e-4, print_fn=said.append)
+    assert not said  # the same values: nothing to warn about
+    (tmp_path / "pretrain" / "encoder.json").write_text(json.dumps(meta | {"in_channels": 13}))
+    with pytest.raises(ExportError, match="encoder.json: describes an encoder of 13 bands"):
+        load_export_source(encoder_pt)
+
+
+def test_a_checkpoint_given_as_model_says_to_export_it(change_ckpt: Path, s2_pair, tmp_path):
+    with pytest.raises(ModelError, match="not an ONNX model but a PyTorch training checkpoint"):
+        load_model(change_ckpt)
+    a, b = s2_pair
+    result = CliRunner().invoke(
+        cli, ["detect-change", str(a), str(b), "-m", str(change_ckpt), "-o", str(tmp_path / "o")]
+    )
+    assert result.exit_code != 0
+    assert f"swimdiff-geo export {change_ckpt} -o model.onnx" in result.output
+    assert "Traceback" not in result.output

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import torch
 import yaml
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .oscd import OSCD_BANDS, OSCDCity, find_oscd_root
 
@@ -409,6 +409,53 @@ def _pad_to(array: np.ndarray, height: int, width: int, value: float | None) -> 
     return array
 
 
+# A training item's key: its index, or (epoch, index) from :class:`EpochSampler`.
+ItemKey = int | tuple[int, int]
+
+
+def item_rng(seed: int, key: ItemKey) -> np.random.Generator:
+    """The random generator of one training item: a function of (seed, epoch, index) only.
+
+    Not drawn from torch's global generator: that one is reset by ``seed_everything`` when a run
+    is resumed, so a resumed run would draw epoch 0's windows again; nor does it depend on the
+    DataLoader worker that happens to load the item. A plain index counts as epoch 0.
+    """
+    epoch, index = key if isinstance(key, tuple) else (0, key)
+    # SeedSequence entropy must be non-negative; --seed may be any integer.
+    return np.random.default_rng([seed % 2**64, epoch, index])
+
+
+class EpochSampler(Sampler):
+    """Every index of a dataset once per epoch, as ``(epoch, index)`` keys, shuffled with a
+    permutation that depends on (seed, epoch) only.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch, also the first epoch of a
+    resumed run, so an epoch's items and their order are the same whether or not the run was
+    interrupted before it. The epoch travels in the key rather than as a dataset attribute
+    because persistent DataLoader workers hold their own copy of the dataset.
+    """
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = (
+            np.random.default_rng([self.seed % 2**64, self.epoch]).permutation(self.length)
+            if self.shuffle
+            else np.arange(self.length)
+        )
+        return iter([(self.epoch, int(i)) for i in order])
+
+
 def augment_d4(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
     """Apply the same random flip and 90-degree rotation to every ``(..., S, S)`` array."""
     k = int(rng.integers(4))
@@ -436,6 +483,9 @@ class RandomChangeWindows(Dataset):
     ``U(1 - j, 1 + j)`` and offset ``U(-j, j)`` times the band's standard deviation (in model
     input units), so that illumination, haze and water-colour differences between the dates
     look like what they are, not like change.
+
+    Each item's window, augmentation and jitter depend only on ``seed`` and its key (an index,
+    or ``(epoch, index)`` from :class:`EpochSampler`): see :func:`item_rng`.
     """
 
     def __init__(
@@ -446,6 +496,7 @@ class RandomChangeWindows(Dataset):
         length: int,
         augment: bool = True,
         radiometric_jitter: float = 0.0,
+        seed: int = 0,
     ) -> None:
         if not scenes:
             raise ChangeDataError("no training scenes")
@@ -458,6 +509,7 @@ class RandomChangeWindows(Dataset):
         self.probabilities = areas / areas.sum()
         self._scaled = [(scaling.apply(s.image_a), scaling.apply(s.image_b)) for s in self.scenes]
         self.radiometric_jitter = radiometric_jitter
+        self.seed = seed
         if radiometric_jitter:  # a pass over every training pixel: only when it is used
             _, band_std = band_statistics([im for pair in self._scaled for im in pair], 1.0)
             self._band_std = np.asarray(band_std, np.float32)[:, None, None]
@@ -465,10 +517,8 @@ class RandomChangeWindows(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # A generator seeded from torch's RNG: reproducible under seed_everything, and distinct
-        # in each DataLoader worker.
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+    def __getitem__(self, index: ItemKey) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = item_rng(self.seed, index)
         i = int(rng.choice(len(self.scenes), p=self.probabilities))
         a, b = self._scaled[i]
         labels = self.scenes[i].labels

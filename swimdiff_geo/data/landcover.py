@@ -24,7 +24,15 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from ..bands import SENTINEL2_L1C
-from .change import IGNORE_INDEX, BandScaling, _pad_to, augment_d4, tile_origins
+from .change import (
+    IGNORE_INDEX,
+    BandScaling,
+    ItemKey,
+    _pad_to,
+    augment_d4,
+    item_rng,
+    tile_origins,
+)
 
 PATCH_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # Default class colours (ColorBrewer-like, distinguishable on a map), used in order.
@@ -218,7 +226,8 @@ def spatial_block_split(
 class RandomLabelledWindows(Dataset):
     """Random square windows, each containing at least one labelled pixel, with D4 augmentation.
 
-    Items: ``x`` float32 ``(C, S, S)`` scaled, ``y`` int64 ``(S, S)`` class ids or ignore.
+    Items: ``x`` float32 ``(C, S, S)`` scaled, ``y`` int64 ``(S, S)`` class ids or ignore. Each
+    item depends only on ``seed`` and its key (index or ``(epoch, index)``; see ``item_rng``).
     """
 
     def __init__(
@@ -229,12 +238,14 @@ class RandomLabelledWindows(Dataset):
         crop_size: int,
         length: int,
         augment: bool = True,
+        seed: int = 0,
     ) -> None:
         self.image = scaling.apply(image)
         self.labels = labels
         self.crop_size = crop_size
         self.length = length
         self.augment = augment
+        self.seed = seed
         self.labelled = np.argwhere(labels != IGNORE_INDEX)
         if len(self.labelled) == 0:
             raise LandcoverDataError("no labelled pixels to train on")
@@ -242,8 +253,8 @@ class RandomLabelledWindows(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+    def __getitem__(self, index: ItemKey) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = item_rng(self.seed, index)
         r, c = self.labelled[int(rng.integers(len(self.labelled)))]
         s = self.crop_size
         h, w = self.labels.shape
@@ -371,7 +382,8 @@ def stratified_split(
 class PatchDataset(Dataset):
     """Patches in memory, resized (bilinear) to ``size`` if needed, optional D4 augmentation.
 
-    Items: ``x`` float32 ``(C, size, size)`` scaled, ``y`` int64 class id.
+    Items: ``x`` float32 ``(C, size, size)`` scaled, ``y`` int64 class id. The key is an index or
+    ``(epoch, index)``; the augmentation depends only on ``seed`` and the key (see ``item_rng``).
     """
 
     def __init__(
@@ -381,9 +393,11 @@ class PatchDataset(Dataset):
         scaling: BandScaling,
         size: int,
         augment: bool = False,
+        seed: int = 0,
     ) -> None:
         self.labels = list(labels)
         self.augment = augment
+        self.seed = seed
         patches = []
         channels = None
         for f in files:
@@ -405,12 +419,12 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.patches)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.patches[index]
+    def __getitem__(self, index: ItemKey) -> tuple[torch.Tensor, torch.Tensor]:
+        i = index[1] if isinstance(index, tuple) else index
+        x = self.patches[i]
         if self.augment:
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-            (x,) = augment_d4([x], rng)
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(self.labels[index])
+            (x,) = augment_d4([x], item_rng(self.seed, index))
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(self.labels[i])
 
 
 def common_patch_size(files: Sequence[Path]) -> int:

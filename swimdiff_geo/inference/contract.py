@@ -10,6 +10,7 @@ has one.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,7 @@ def load_model(
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(path, f"not a readable ONNX model ({first_line})") from exc
+        raise ModelError(path, _not_onnx_problem(path, first_line)) from exc
     meta = session.get_modelmeta().custom_metadata_map
     contract = ModelContract.from_metadata(dict(meta), source=path)
     if expected_type is not None:
@@ -266,6 +267,18 @@ def load_model(
     return LoadedModel(
         path, contract, session, session.get_inputs()[0].name, session.get_providers()
     )
+
+
+def _not_onnx_problem(path: str, reason: str) -> str:
+    """Why ``path`` did not load, with the way out when it is a training checkpoint."""
+    # torch.save writes ZIP archives: a .ckpt/.pt/.pth or any ZIP is a checkpoint, not a model.
+    suffix = Path(path).suffix.lower()
+    if suffix in (".ckpt", ".pt", ".pth") or zipfile.is_zipfile(path):
+        return (
+            "is not an ONNX model but a PyTorch training checkpoint; export it to ONNX first: "
+            f"swimdiff-geo export {path} -o model.onnx"
+        )
+    return f"not a readable ONNX model ({reason})"
 
 
 def _check_io(session: Any, contract: ModelContract, path: str) -> None:

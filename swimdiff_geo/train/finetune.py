@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ from ..data.change import (
     BandScaling,
     ChangeDataError,
     ChangeScene,
+    EpochSampler,
     RandomChangeWindows,
     TiledChangeWindows,
     band_statistics,
@@ -345,6 +347,54 @@ class RelocatableCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 
+# What a run leaves in its --out folder; other files there (the user's notes, scripts) stay.
+RUN_FILES = ("*.ckpt", "logs", "metrics.json", "metrics.json.tmp")
+
+
+def _run_files(out_dir: Path) -> list[Path]:
+    """The files and folders of an earlier run in ``out_dir`` (sorted; empty if none)."""
+    return sorted({p for pattern in RUN_FILES for p in out_dir.glob(pattern)})
+
+
+def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run in a folder holding another run's files.
+
+    Without this, the new run replaces best.ckpt while the summary and history (read from every
+    ``logs/version_*``) still mix in the old run. ``resume`` continues that run; ``overwrite``
+    clears it (:func:`clear_run_dir`, just before training).
+    """
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite clears it: pick one")
+    if resume or overwrite:
+        return
+    found = _run_files(out_dir) if out_dir.is_dir() else []
+    if found:
+        names = ", ".join(p.name for p in found)
+        raise ValueError(
+            f"{out_dir}: holds an earlier run ({names}); pass --resume to continue it or "
+            "--overwrite to replace it (or choose another --out)"
+        )
+
+
+def clear_run_dir(out_dir: Path, print_fn: Callable[[str], None] = print) -> None:
+    """Remove an earlier run's checkpoints, logs and metrics.json from ``out_dir``."""
+    found = _run_files(out_dir) if out_dir.is_dir() else []
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if found:
+        print_fn(f"{out_dir}: removed the earlier run ({', '.join(p.name for p in found)})")
+
+
+def _write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
+    """metrics.json under a temporary name first: a killed run never leaves half a file."""
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out_dir / "metrics.json")
+
+
 def _fit(
     task: HeadTask,
     train_ds: Dataset,
@@ -354,17 +404,25 @@ def _fit(
     batch_size: int,
     num_workers: int,
     resume: bool,
+    overwrite: bool,
+    seed: int,
     accelerator: str,
     progress_bar: bool,
     print_fn: Callable[[str], None],
 ) -> L.Trainer:
     from lightning.pytorch.loggers import CSVLogger
 
+    last_path = out_dir / "last.ckpt"
+    if overwrite or (resume and not last_path.is_file()):
+        # Nothing to continue from: a fresh run, and metrics.json must describe it alone.
+        clear_run_dir(out_dir, print_fn)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_dl = DataLoader(
         train_ds,
         batch_size=batch_size,
-        shuffle=True,
+        # Items and their order depend on (seed, epoch) only, so a run resumed after epoch k
+        # trains epoch k + 1 on the windows an uninterrupted run would have used.
+        sampler=EpochSampler(len(train_ds), seed),
         num_workers=num_workers,
         drop_last=False,
         persistent_workers=num_workers > 0,
@@ -378,9 +436,8 @@ def _fit(
     last = RelocatableCheckpoint(
         dirpath=out_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
-    # A folder with checkpoints of an earlier run, without --resume: Lightning's warning stays.
-    run_dir_is_ours = resume or not any(out_dir.glob("*.ckpt"))
-    with lightning_noise_filtered(run_dir_is_ours):
+    # The folder is this run's: check_run_dir refused another run's files, or they were cleared.
+    with lightning_noise_filtered(run_dir_is_ours=True):
         trainer = L.Trainer(
             max_epochs=epochs,
             accelerator=accelerator,
@@ -393,7 +450,6 @@ def _fit(
             num_sanity_val_steps=0,
             log_every_n_steps=10,
         )
-        last_path = out_dir / "last.ckpt"
         ckpt_path = str(last_path) if resume and last_path.is_file() else None
         if resume and ckpt_path is None:
             print_fn(f"--resume: no {last_path} yet, starting from scratch")
@@ -525,18 +581,27 @@ def _change_data(
             or [n for n in manifest.names() if n not in (val_cities or manifest.names("val"))]
         )
         val = list(val_cities) if val_cities else manifest.names("val")
-        return {"kind": "manifest", "path": str(data.resolve()), "train": train, "val": val}
-    if not train_cities or not val_cities:
+        cfg = {"kind": "manifest", "path": str(data.resolve()), "train": train, "val": val}
+    elif not train_cities or not val_cities:
         raise ChangeDataError(
             f"{data}: OSCD data needs --train-cities and --val-cities (labelled cities)"
         )
-    return {
-        "kind": "oscd",
-        "path": str(data.resolve()),
-        "train": list(train_cities),
-        "val": list(val_cities),
-        "bands": list(bands) if bands else list(OSCD_BANDS),
-    }
+    else:
+        cfg = {
+            "kind": "oscd",
+            "path": str(data.resolve()),
+            "train": list(train_cities),
+            "val": list(val_cities),
+            "bands": list(bands) if bands else list(OSCD_BANDS),
+        }
+    both = [name for name in cfg["train"] if name in cfg["val"]]
+    if both:
+        # Validating on training scenes measures memorisation, and best.ckpt would be chosen by it.
+        raise ChangeDataError(
+            f"{', '.join(both)}: given in both --train-cities and --val-cities (training and "
+            "validation scenes); a validation city must be held out from training"
+        )
+    return cfg
 
 
 def load_change_split(data_cfg: dict[str, Any], split: str) -> list:
@@ -575,6 +640,7 @@ def finetune_change(
     seed: int = 0,
     num_workers: int = 0,
     resume: bool = False,
+    overwrite: bool = False,
     accelerator: str = "auto",
     progress_bar: bool = False,
     print_fn: Callable[[str], None] = print,
@@ -584,10 +650,14 @@ def finetune_change(
     ``pos_weight="auto"`` weights change pixels by the square root of the no-change/change ratio
     of the training labels (capped at 50). ``samples_per_epoch`` defaults to the number of
     crop-sized windows in the training area. Returns the run summary, also written to
-    ``out_dir/metrics.json``.
+    ``out_dir/metrics.json``. A folder holding an earlier run needs ``resume`` (continue it from
+    ``last.ckpt``) or ``overwrite`` (clear it first): :func:`check_run_dir`. Training windows
+    are a function of (``seed``, epoch), so a resumed run trains on what an uninterrupted one
+    would have.
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
+    check_run_dir(out_dir, resume, overwrite)
     L.seed_everything(seed, workers=True, verbose=False)
     data_cfg = _change_data(data, train_cities, val_cities, bands)
     train_scenes = load_change_split(data_cfg, "train")
@@ -653,7 +723,7 @@ def finetune_change(
         f"{length} windows of {crop_size} px per epoch"
     )
     train_ds = RandomChangeWindows(
-        train_scenes, scaling, crop_size, length, radiometric_jitter=radiometric_jitter
+        train_scenes, scaling, crop_size, length, radiometric_jitter=radiometric_jitter, seed=seed
     )
     val_ds = TiledChangeWindows(val_scenes, scaling, val_tile)
     _fit(
@@ -665,6 +735,8 @@ def finetune_change(
         batch_size,
         num_workers,
         resume,
+        overwrite,
+        seed,
         accelerator,
         progress_bar,
         print_fn,
@@ -691,7 +763,7 @@ def finetune_change(
         threshold,
         batch_size,
     )
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    _write_summary(out_dir, summary)
     return summary
 
 
@@ -953,6 +1025,7 @@ def finetune_landcover(
     seed: int = 0,
     num_workers: int = 0,
     resume: bool = False,
+    overwrite: bool = False,
     accelerator: str = "auto",
     progress_bar: bool = False,
     print_fn: Callable[[str], None] = print,
@@ -963,10 +1036,12 @@ def finetune_landcover(
     segmentation validated on held-out spatial blocks. ``data`` a folder of class folders
     (EuroSAT layout; or ``train/`` and ``val/`` each holding class folders): patch
     classification. ``linear_probe`` = classification with a frozen encoder and a linear head.
-    ``class_weighting``: ``balanced`` (inverse class frequency) or ``none``.
+    ``class_weighting``: ``balanced`` (inverse class frequency) or ``none``. ``resume`` and
+    ``overwrite``: as in :func:`finetune_change`.
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
+    check_run_dir(out_dir, resume, overwrite)
     L.seed_everything(seed, workers=True, verbose=False)
     data_cfg = _landcover_data(
         data, labels, class_field, layer, block_size, val_fraction, block_buffer, seed
@@ -994,7 +1069,9 @@ def finetune_landcover(
         )
         n_labelled = int(counts.sum())
         length = samples_per_epoch or max(batch_size, math.ceil(4 * n_labelled / crop**2))
-        train_ds: Dataset = RandomLabelledWindows(raster.image, train_labels, scaling, crop, length)
+        train_ds: Dataset = RandomLabelledWindows(
+            raster.image, train_labels, scaling, crop, length, seed=seed
+        )
         val_ds: Dataset = TiledLabelledWindows(raster.image, val_labels, scaling, val_tile)
         tile_size = val_tile
         resolution = _resolution_cm(raster.transform, raster.crs)
@@ -1021,7 +1098,7 @@ def finetune_landcover(
         )
         size = crop_size or common_patch_size(train_files)
         scaling = _scaling([read_patch(f) for f in train_files[:500]], scale, normalize)
-        train_ds = PatchDataset(train_files, train_y, scaling, size, augment=True)
+        train_ds = PatchDataset(train_files, train_y, scaling, size, augment=True, seed=seed)
         val_ds = PatchDataset(val_files, val_y, scaling, size)
         counts = np.bincount(np.asarray(train_y), minlength=len(class_values))
         tile_size = size
@@ -1084,6 +1161,8 @@ def finetune_landcover(
         batch_size,
         num_workers,
         resume,
+        overwrite,
+        seed,
         accelerator,
         progress_bar,
         print_fn,
@@ -1106,5 +1185,5 @@ def finetune_landcover(
         "validation": evaluation,
         "wall_time_s": round(time.monotonic() - started, 1),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    _write_summary(out_dir, summary)
     return summary

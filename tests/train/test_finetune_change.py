@@ -4,6 +4,12 @@ OSCD, labels of our own), export it to ONNX and run it through the engine."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -196,6 +202,14 @@ def test_bad_inputs_give_clear_errors(oscd_root: Path, tmp_path: Path) -> None:
               "--val-cities", "saclay_e", "--out", str(tmp_path / "x")],
     )  # fmt: skip
     assert result.exit_code == 1 and "atlantis" in result.output
+    # A validation city that is also trained on would measure memorisation: refused, named.
+    result = runner.invoke(
+        cli, ["finetune", "change", "--data", str(oscd_root), "--train-cities", "beihai,saclay_e",
+              "--val-cities", "saclay_e", "--out", str(tmp_path / "x")],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "saclay_e: given in both --train-cities and --val-cities" in result.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_manifest_pairs_train_and_resume(tmp_path: Path, capfd, caplog) -> None:
@@ -242,11 +256,6 @@ def test_manifest_pairs_train_and_resume(tmp_path: Path, capfd, caplog) -> None:
     assert key.startswith("ModelCheckpoint{")
     assert float(best["best_model_score"]) == pytest.approx(max(r["val_f1"] for r in history))
     assert best["best_model_path"] == str(run / "best.ckpt")
-    # The same folder again without --resume: its checkpoints will be overwritten; say so.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        finetune_change(manifest, run, epochs=1, **common)
-    assert [w for w in caught if "exists and is not empty" in str(w.message)]
 
 
 def test_notes_when_normalisation_differs_from_pretraining(tmp_path: Path) -> None:
@@ -269,3 +278,120 @@ def test_notes_when_normalisation_differs_from_pretraining(tmp_path: Path) -> No
     assert not note_if_scaling_differs(None, standardised, said.append)
     assert not note_if_scaling_differs(tmp_path / "other" / "encoder.pt", standardised)
     assert len(said) == 1
+
+
+SMALL = dict(batch_size=4, crop_size=32, samples_per_epoch=4, val_tile=48, radiometric_jitter=0.1)
+
+
+@pytest.fixture(scope="module")
+def two_epochs(oscd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-epoch run (one batch per epoch: an epoch's train_loss is the loss of
+    its windows under the weights the previous epoch left, whatever the learning rate)."""
+    out = tmp_path_factory.mktemp("two") / "run"
+    finetune_change(
+        oscd_root, out, ["beihai"], ["saclay_e"], epochs=2, print_fn=lambda s: None, **SMALL
+    )
+    return out
+
+
+def test_resumed_run_trains_on_the_windows_of_an_uninterrupted_run(
+    oscd_root: Path, two_epochs: Path, tmp_path: Path
+) -> None:
+    """Stopped after epoch 0 and resumed, epoch 1 draws the windows (and augmentation and
+    jitter) an uninterrupted run draws, not epoch 0's again: the losses agree."""
+    run = tmp_path / "resumed"
+    for epochs, resume in ((1, False), (2, True)):
+        finetune_change(
+            oscd_root, run, ["beihai"], ["saclay_e"], epochs=epochs, resume=resume,
+            print_fn=lambda s: None, **SMALL,
+        )  # fmt: skip
+    uninterrupted, resumed = epoch_history(two_epochs), epoch_history(run)
+    assert [r["epoch"] for r in resumed] == [0, 1]
+    for epoch in (0, 1):
+        assert resumed[epoch]["train_loss"] == pytest.approx(
+            uninterrupted[epoch]["train_loss"], rel=1e-6, abs=1e-7
+        ), epoch
+    # ... and epoch 1 is not epoch 0 again (the windows depend on the epoch).
+    assert uninterrupted[1]["train_loss"] != pytest.approx(uninterrupted[0]["train_loss"])
+
+
+def test_window_sampling_is_a_function_of_seed_and_epoch() -> None:
+    from swimdiff_geo.data.change import EpochSampler, RandomChangeWindows
+
+    scene, scaling = _scene(80, 90), BandScaling(1e-4)
+    ds = RandomChangeWindows([scene], scaling, 32, 6, radiometric_jitter=0.1, seed=5)
+    sampler = EpochSampler(len(ds), seed=5)
+
+    def epoch_windows(epoch: int) -> list[bytes]:
+        torch.manual_seed(epoch + 100)  # torch's global generator plays no part
+        sampler.set_epoch(epoch)
+        return [ds[key][0].numpy().tobytes() for key in sampler]
+
+    first, second = epoch_windows(0), epoch_windows(1)
+    assert first == epoch_windows(0) and second == epoch_windows(1)
+    assert not set(first) & set(second)
+    other_seed = RandomChangeWindows([scene], scaling, 32, 6, radiometric_jitter=0.1, seed=6)
+    assert other_seed[(0, 0)][0].numpy().tobytes() != ds[(0, 0)][0].numpy().tobytes()
+
+
+def test_fresh_run_into_an_earlier_run_needs_resume_or_overwrite(
+    oscd_root: Path, two_epochs: Path, tmp_path: Path
+) -> None:
+    """Without --resume or --overwrite a folder holding a run is refused (the new best.ckpt would
+    sit beside the old run's history); --overwrite clears the old run so that metrics.json,
+    the history and the summary describe the new run alone."""
+    run = tmp_path / "run"
+    shutil.copytree(two_epochs, run)
+    (run / "notes.txt").write_text("mine")
+    before = (run / "best.ckpt").read_bytes()
+    args = ["finetune", "change", "--data", str(oscd_root), "--train-cities", "beihai",
+            "--val-cities", "saclay_e", "--out", str(run), *TINY]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert f"{run}: holds an earlier run" in result.output and "--overwrite" in result.output
+    assert (run / "best.ckpt").read_bytes() == before
+    result = CliRunner().invoke(cli, [*args, "--resume", "--overwrite"])
+    assert result.exit_code == 1 and "pick one" in result.output
+
+    result = CliRunner().invoke(cli, [*args, "--overwrite", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "best epoch 0" in result.output
+    summary = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in summary["history"]] == [0]
+    assert summary["best"]["epoch"] == 0 and summary["epochs"] == 1
+    assert [p.name for p in (run / "logs").iterdir()] == ["version_0"]
+    assert torch.load(run / "last.ckpt", weights_only=False)["epoch"] == 0
+    assert (run / "notes.txt").read_text() == "mine"  # not a run's file: kept
+
+
+def test_sigterm_stops_training_with_status_143_and_keeps_last_checkpoint(
+    oscd_root: Path, tmp_path: Path
+) -> None:
+    """A scheduler's SIGTERM: Lightning stops after the current batch; the CLI exits with 143
+    (128 + SIGTERM, not 0: the run did not finish) and last.ckpt of a finished epoch stays."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "swimdiff_geo.cli.main", "finetune", "change",
+               "--data", str(oscd_root), "--train-cities", "beihai", "--val-cities", "saclay_e",
+               "--out", str(run), *TINY, "--epochs", "500", "--threads", "1",
+               "--accelerator", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=os.environ | {"PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600  # a bound against hanging, not a timing assertion
+        while not (run / "last.ckpt").is_file() and proc.poll() is None:
+            assert time.monotonic() < deadline, "no epoch finished"
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert "Stopped by SIGTERM" in err and "--resume" in err
+    last = load_head_checkpoint(run / "last.ckpt")  # complete and loadable
+    assert last.hparams.model_cfg["task"] == "change"
+    assert torch.load(run / "last.ckpt", weights_only=False)["epoch"] < 499
