@@ -439,7 +439,10 @@ def pretrain(config_file: str | None, fmt: str | None, **options: Any) -> None:
         # Lightning's SystemExit carries no code (status 0): a scheduler must see the kill.
         click.echo("pretraining stopped by SIGTERM; continue with --resume auto", err=True)
         sys.exit(128 + signal.SIGTERM)
-    click.echo(f"pretraining done: {out / 'encoder.pt'}")
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # DDP runs this command once per process; the trainer set it
+        click.echo(f"pretraining done: {out / 'encoder.pt'}")
 
 
 def _config_values(ctx: click.Context, source: str, loaded: dict[str, Any]) -> dict[str, Any]:
