@@ -15,7 +15,8 @@ cd "$REPO"
 VENV=.venv-qgis
 PLUGIN=swimdiff_geo_qgis
 APT_PACKAGES=(qgis python3-qgis qgis-providers python3-venv)
-PIP_PACKAGES=("onnxruntime>=1.17" "pytest-qgis>=5" "scipy>=1.10")
+# setuptools >= 77 reads pyproject's SPDX license string (Debian's 66 in QGIS's Python does not)
+PIP_PACKAGES=("onnxruntime>=1.17" "pytest-qgis>=5" "scipy>=1.10" "setuptools>=77")
 
 export DEBIAN_FRONTEND=noninteractive
 export QT_QPA_PLATFORM=offscreen  # every QGIS entry point aborts without a display otherwise
