@@ -424,6 +424,8 @@ class RunStart(Callback):
         if not self.config.resolved.get("resumed_from"):
             for name in RUN_FILES:  # a fresh start: nothing of an earlier run may remain
                 (self.out / name).unlink(missing_ok=True)
+            for copy in self.out.glob("last-v*.ckpt"):  # left by versions before 2026-11-22
+                copy.unlink()
         written = self.config.to_dict()
         written["overwrite"] = False  # reusing this file as --config must not overwrite
         (self.out / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
@@ -660,6 +662,9 @@ def _pretrain(cfg: PretrainConfig, extra_callbacks: list[Callback]) -> Path:
             save_last=True,
             every_n_train_steps=max(1, cfg.checkpoint_every),
             save_on_train_epoch_end=True,
+            # last.ckpt is also written by FinalCheckpoint / SigtermCheckpoint and by earlier
+            # runs: rewrite it, rather than add a full-size last-v1.ckpt, -v2, ... each time
+            enable_version_counter=False,
         ),
         FinalCheckpoint(out / "last.ckpt"),
         SigtermCheckpoint(out / "last.ckpt"),

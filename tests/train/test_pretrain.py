@@ -401,6 +401,8 @@ def test_more_steps_after_a_finished_run_follow_the_longer_schedule(tmp_path) ->
     base = dict(FAST, out=str(out), queue_size=8, checkpoint_every=100, lr=0.04)
     pretrain(PretrainConfig(**base, max_steps=3))  # the cosine schedule ends at lr 0
     pretrain(PretrainConfig(**base, max_steps=6, resume="auto"))
+    # one last.ckpt, rewritten: no last-v1.ckpt copy of a whole checkpoint per run
+    assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt"]
     lr = {int(r["step"]): float(r["lr"]) for r in _metrics(out)}
     # Step 4 (schedule position 3 of 6) runs at 0.04 * (1 + cos(pi / 2)) / 2 = 0.02, not 0.
     assert lr[4] == pytest.approx(0.02, rel=1e-5)
