@@ -163,7 +163,8 @@ overwrite_option = click.option(
     "--overwrite",
     is_flag=True,
     help="Replace outputs that already exist (and remove this command's outputs that an "
-    "earlier run wrote and this one does not, e.g. its polygons).",
+    "earlier run wrote and this one does not: detect-change's or map-landcover's polygons, "
+    "map-landcover's probabilities, a stack's true-colour .qml).",
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
 

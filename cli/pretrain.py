@@ -329,7 +329,8 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
 @click.option(
     "--devices",
     default=None,
-    help="Devices per node: a number, a list 0,1 or auto.  [default: auto]",
+    help="Devices per node: a positive number, -1 (all), a list such as 0,1, or auto.  "
+    "[default: auto]",
 )
 @click.option(
     "--num-nodes",

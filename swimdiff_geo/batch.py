@@ -726,12 +726,7 @@ def _prepare_folder(folder: str, job_id: str) -> None:
     stale outputs and the engine's temporary folders left by a killed run; then make the folder
     anew, stamped as batch's. Raises OutputError, touching nothing, for a path batch did not
     make (a user's folder or file that happens to bear the job's id)."""
-    if os.path.lexists(folder) and not _made_by_batch(folder):
-        raise OutputError(
-            f"{folder}: exists and was not made by swimdiff-geo batch (it holds no {OWNER_NAME} "
-            f"or {MARKER_NAME}); a job replaces only a folder it made: move this one away, or "
-            "choose another output folder or job_id"
-        )
+    refuse_foreign_folder(folder)
     marker = os.path.join(folder, MARKER_NAME)
     with contextlib.suppress(FileNotFoundError):
         os.remove(marker)
@@ -740,6 +735,17 @@ def _prepare_folder(folder: str, job_id: str) -> None:
     os.makedirs(folder)
     with open(os.path.join(folder, OWNER_NAME), "w", encoding="utf-8") as fh:
         fh.write(f"{job_id}\n")
+
+
+def refuse_foreign_folder(folder: str) -> None:
+    """OutputError when ``folder`` exists but batch did not make it (see :func:`_made_by_batch`):
+    the job would have to delete it."""
+    if os.path.lexists(folder) and not _made_by_batch(folder):
+        raise OutputError(
+            f"{folder}: exists and was not made by swimdiff-geo batch (it holds no {OWNER_NAME} "
+            f"or {MARKER_NAME}); a job replaces only a folder it made: move this one away, or "
+            "choose another output folder or job_id"
+        )
 
 
 def _made_by_batch(folder: str) -> bool:
@@ -839,6 +845,7 @@ def check_job(job: Job, out_root: str) -> tuple[dict[str, Any] | None, str | Non
     error the run would fail with.
     """
     try:
+        refuse_foreign_folder(job_dir(out_root, job))  # as the run would, before writing
         options, outputs = job_call_arguments(job, job_dir(out_root, job), threads=1)
         return job.kind.run(*job.images, outputs, options, check_only=True), None
     except Exception as exc:  # noqa: BLE001 - as in run_job: any job error is the answer

@@ -75,7 +75,8 @@ Outputs
 
 Open them in QGIS: drag the .tif and .gpkg files into the map (Layer > Add Layer > Add Raster
 Layer / Add Vector Layer). Each raster has its QGIS style next to it (<name>.qml), so the
-probability, the change mask and the class map open styled.
+probability, the change mask and the class map open styled; the polygons carry their style
+inside the .gpkg.
 The change model is a SwiMDiff-pretrained Siamese ResNet-18 fine-tuned on OSCD (non-commercial
 use only: its training labels are CC BY-NC-SA); the land-cover model for these Landsat
 composites is an index rule. Model card and scores: docs/models.md.""")

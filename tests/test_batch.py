@@ -247,6 +247,10 @@ def test_a_folder_batch_did_not_make_is_never_deleted(scenes, tmp_path):
     (out / "c2").write_text("a file named like job c2")
     (out / "c3").mkdir()  # empty: what an old version's failed job could leave
     manifest = write_manifest(folder / "mixed.csv", rows[:4])
+    dry = run_cli("batch", manifest, "-o", out, "--dry-run")  # says so before any run
+    failing = [ln.split()[1] for ln in dry.output.splitlines() if ln.startswith("fails")]
+    assert dry.exit_code == 1 and failing == ["c1", "c2"], dry.output
+    assert "exists and was not made by swimdiff-geo batch" in dry.output
     result = run_cli("batch", manifest, "-o", out, "-q")
     assert result.exit_code == 1, result.output
     report = read_report(out)
