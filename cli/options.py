@@ -13,30 +13,27 @@ import click
 from swimdiff_geo.inference.errors import SwimdiffError
 
 
-def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
-    """``--bands 2,3,4,8`` -> [2, 3, 4, 8] (1-based raster band indices)."""
-    from swimdiff_geo.inference.inputs import parse_band_numbers
+def _parsed_by(name: str) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    """A click callback reading an option with ``swimdiff_geo.inference.inputs.<name>`` (the
+    parser the QGIS plugin and batch manifests use too, imported when an option is given):
+    None stays None, its ValueError becomes a usage error (exit 2)."""
 
-    if value is None:
-        return None
-    try:
-        return parse_band_numbers(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        from swimdiff_geo.inference import inputs
+
+        try:
+            return getattr(inputs, name)(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
 
 
-def parse_extent_option(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> tuple[float, float, float, float] | None:
-    """``--extent LEFT,BOTTOM,RIGHT,TOP`` -> a tuple of four numbers."""
-    from swimdiff_geo.inference.inputs import parse_extent
-
-    if value is None:
-        return None
-    try:
-        return parse_extent(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+parse_bands = _parsed_by("parse_band_numbers")  # --bands 2,3,4,8 -> [2, 3, 4, 8] (1-based)
+parse_band_names = _parsed_by("parse_band_names")  # --bands B04,B03,B02 -> names (stack)
+parse_extent_option = _parsed_by("parse_extent")  # --extent LEFT,BOTTOM,RIGHT,TOP -> 4 floats
 
 
 def parse_crs_option(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -16,20 +16,9 @@ from .options import (
     handle_errors,
     mask_clouds_option,
     overwrite_option,
+    parse_band_names,
     quiet_option,
 )
-
-
-def _band_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
-    """``--bands B04,B03,B02`` -> ["B04", "B03", "B02"]."""
-    from swimdiff_geo.inference.inputs import parse_band_names
-
-    if value is None:
-        return None
-    try:
-        return parse_band_names(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("stack")
@@ -37,7 +26,7 @@ def _band_names(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option(
     "--bands",
-    callback=_band_names,
+    callback=parse_band_names,
     default=None,
     metavar="NAME,...",
     help="Band names to keep, in this order, e.g. B04,B03,B02.  [default: every band of the "
