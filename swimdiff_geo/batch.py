@@ -40,7 +40,7 @@ from typing import Any
 
 from . import __version__
 from .inference.errors import OutputError, SwimdiffError
-from .inference.io import VSI_ARCHIVE, archive_of
+from .inference.io import VSI_ARCHIVE, archive_of, is_gdal_name
 from .inference.outputs import TEMP_PREFIX
 
 MARKER_NAME = ".done.json"
@@ -421,14 +421,14 @@ def _parse_row(
 
 def _resolve(path: str, base: str) -> str:
     """A manifest path made absolute against the manifest's folder ``base``; in GDAL's
-    ``/vsizip/archive.zip/member.tif`` the archive's path is (other ``/vsi`` paths, such as
-    ``/vsicurl/``, are kept as written)."""
+    ``/vsizip/archive.zip/member.tif`` the archive's path is (other GDAL dataset names, such as
+    ``/vsicurl/...`` or ``GPKG:/x.gpkg:table``, are kept as written)."""
     path = os.path.expanduser(path.strip())
     archive = VSI_ARCHIVE.match(path)
     if archive:
         prefix, archive_path, member = archive.groups()
         return prefix + _resolve(archive_path, base) + (member or "")
-    if path.startswith("/vsi"):
+    if is_gdal_name(path):
         return path
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
 
@@ -518,15 +518,15 @@ def file_stamp(path: str | None) -> dict[str, Any] | None:
 
     A folder (a Sentinel-2 SAFE product, a folder of band files) is stamped by the files in it:
     their count, total size and latest modification, so replacing a band file redoes the job.
-    A file inside an archive (``/vsizip/...``) is stamped by its archive; another GDAL virtual
-    path (``/vsicurl/...``) cannot be, and is stamped by its path alone.
+    A file inside an archive (``/vsizip/...``) is stamped by its archive; another GDAL dataset
+    name (``/vsicurl/...``, ``GPKG:x.gpkg:table``) is stamped by its name alone.
     """
     if path is None:
         return None
     archive = archive_of(path)
     if archive:
         return {"path": path, "archive": file_stamp(archive)}
-    if path.startswith("/vsi"):
+    if is_gdal_name(path):
         return {"path": path, "virtual": True}
     try:
         st = os.stat(path)

@@ -16,7 +16,16 @@ from .. import __version__
 from .areas import row_pixel_areas_m2
 from .contract import LoadedModel, load_model
 from .defaults import default_backend, model_path
-from .io import CrsInfo, Grid, PolygonLayer, RasterBackend, RasterSink, RasterSpec, Window
+from .io import (
+    CrsInfo,
+    Grid,
+    PolygonLayer,
+    RasterBackend,
+    RasterSink,
+    RasterSpec,
+    Window,
+    is_gdal_name,
+)
 from .outputs import OutputTransaction
 from .regions import label_scene_regions
 from .tiling import overlap_pixels
@@ -74,9 +83,9 @@ class JobContext:
 
 
 def input_path(path: str) -> str:
-    """An input as a summary names it: absolute; a GDAL virtual path (``/vsizip//abs/a.zip/x``)
-    as given, which ``os.path.abspath`` would break by merging its ``//``."""
-    return path if path.startswith("/vsi") else os.path.abspath(path)
+    """An input as a summary names it: absolute; a GDAL dataset name (``/vsizip//abs/a.zip/x``,
+    ``GPKG:/abs/x.gpkg:table``) as given, which ``os.path.abspath`` would break."""
+    return path if is_gdal_name(path) else os.path.abspath(path)
 
 
 def log_summary(messages: Sequence[str]) -> dict[str, list[str]]:

@@ -24,7 +24,7 @@ from .band_files import find_band_files, folder_of_band_file, product_of_band_fi
 from .defaults import default_backend
 from .errors import CancelledError, InputError, OutputError
 from .inputs import extent_window, open_input, sample_pixels
-from .io import RasterBackend, RasterSink, RasterSource, RasterSpec, Window
+from .io import RasterBackend, RasterSink, RasterSource, RasterSpec, Window, is_gdal_name
 from .jobs import Cancelled, Log, Progress, input_path, log_summary, write_json, write_text
 from .outputs import OutputTransaction
 from .qml import rgb_qml, sidecar_path
@@ -162,7 +162,7 @@ def stack_bands(
             what = "the product" if product else "every band file of the folder"
             say(f"info: {path} is one band file of {whole}: stacking {what}")
             path, files = whole, find_band_files(whole)
-    if files is None and not (path.startswith("/vsi") or os.path.exists(path)):
+    if files is None and not (is_gdal_name(path) or os.path.exists(path)):
         raise InputError(path, "does not exist")
     if files is None:
         raise InputError(
